@@ -1,0 +1,100 @@
+"""Callbacks: sample grids per inference step count, the HParams declaration, the final checkpoint."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import lightning as L
+import torch
+from torchvision.utils import make_grid, save_image
+
+from .intervals import make_intervals
+from .sampling import generate
+
+
+def sample_grid(model, tokenizer, num_steps: int, order: str, schedule: str, num_classes: int,
+                per_class: int = 4, device=None) -> torch.Tensor:
+    """Images ``[C, H', W']`` of a grid: one column per class, ``per_class`` rows, fixed seeds."""
+    n = min(num_classes, 10)
+    labels = torch.arange(n, device=device).repeat(per_class)  # row-major: a class per column
+    seeds = torch.arange(len(labels), device=device)
+    n_tok = model.num_tokens  # K = N is one token per step whatever the schedule
+    intervals = make_intervals("ar", n_tok) if num_steps == n_tok else make_intervals(schedule, n_tok, num_steps)
+    codes = generate(model, labels, order=order, intervals=intervals, seeds=seeds)
+    images = tokenizer.decode(codes.cpu()).float().clamp(0, 1)
+    scale = max(1, 32 // images.shape[-1])  # 8x8 digits would be specks in TensorBoard
+    images = torch.nn.functional.interpolate(images, scale_factor=scale, mode="nearest")
+    return make_grid(images, nrow=n, padding=1, pad_value=0.5)
+
+
+class SampleGrids(L.Callback):
+    """After each validation (EMA weights swapped in), sample fixed classes and seeds at several step
+    counts; log the grids to TensorBoard (``samples/steps_XXX``) and save them as PNG in the run."""
+
+    def __init__(self, tokenizer, run_dir: Path, num_steps: list[int], order: str, schedule: str):
+        self.tokenizer, self.out = tokenizer, Path(run_dir) / "samples"
+        self.num_steps, self.order, self.schedule = num_steps, order, schedule
+
+    def on_validation_epoch_end(self, trainer, pl_module):
+        if trainer.sanity_checking or not trainer.is_global_zero or self.tokenizer is None:
+            return
+        model, was_training = pl_module.model, pl_module.model.training
+        model.eval()
+        steps = [model.num_tokens] if model.kind == "gpt" else self.num_steps
+        order = "raster" if model.kind == "gpt" else self.order
+        self.out.mkdir(parents=True, exist_ok=True)
+        for k in steps:
+            grid = sample_grid(model, self.tokenizer, k, order, self.schedule, model.config.num_classes,
+                               device=pl_module.device)
+            if trainer.logger is not None and hasattr(trainer.logger.experiment, "add_image"):
+                trainer.logger.experiment.add_image(f"samples/steps_{k:03d}", grid, trainer.global_step)
+            save_image(grid, self.out / f"step{trainer.global_step:06d}_steps{k:03d}.png")
+        model.train(was_training)
+
+
+def flat_hparams(tree: dict, prefix: str = "") -> dict:
+    """Nested config -> ``{"train/lr": 0.001, ...}`` with TensorBoard-friendly scalar values."""
+    out = {}
+    for key, value in tree.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            out.update(flat_hparams(value, f"{name}/"))
+        elif value is None or isinstance(value, (list, tuple)):
+            out[name] = str(value)
+        else:
+            out[name] = value
+    return out
+
+
+class HParamsDeclaration(L.Callback):
+    """Writes the run's hyperparameters to TensorBoard's HParams tab with its metric keys declared
+    (their values are the scalars logged under those tags; no placeholder ``hp_metric``)."""
+
+    def __init__(self, hparams: dict, metric_keys: list[str]):
+        self.hparams, self.metric_keys = hparams, metric_keys
+
+    def on_fit_start(self, trainer, pl_module):
+        if trainer.is_global_zero and trainer.logger is not None:
+            write_hparams(trainer.logger.experiment, self.hparams, self.metric_keys)
+
+
+def write_hparams(writer, hparams: dict, metric_keys: list[str]) -> None:
+    from torch.utils.tensorboard.summary import hparams as hparams_summary
+
+    exp, ssi, sei = hparams_summary(hparams, {k: 0.0 for k in metric_keys})
+    for summary in (exp, ssi, sei):
+        writer.file_writer.add_summary(summary)
+    writer.flush()
+
+
+class FinalCheckpoint(L.Callback):
+    """Saves ``last.ckpt`` and a step snapshot at the last step (ModelCheckpoint only saves on its
+    cadence), while the EMA callback still holds raw and averaged weights apart."""
+
+    def __init__(self, ckpt_dir: Path, max_steps: int, every: int):
+        self.dir, self.max_steps, self.every = Path(ckpt_dir), max_steps, every
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if trainer.global_step == self.max_steps and self.max_steps % self.every:
+            trainer.save_checkpoint(self.dir / f"step{trainer.global_step:06d}.ckpt")
+            trainer.save_checkpoint(self.dir / "last.ckpt")

@@ -1,0 +1,260 @@
+"""Typed run configuration: YAML files in ``experiments/`` + ``key=value`` overrides -> ``Config``.
+
+A YAML file may list ``defaults:`` (paths relative to the ``experiments/`` folder, without ``.yaml``)
+merged first, in order, then its own keys, then the command-line overrides. The merged tree is
+checked against the dataclasses below (unknown keys and bad types are rejected by OmegaConf) and
+then by ``check_config`` (choices and consistency), before any work starts.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+
+class ConfigError(ValueError):
+    """A configuration that cannot run; the message names the key."""
+
+
+@dataclass
+class DataConfig:
+    name: str = "digits"  # an image data set of sar_lightning.datasets, or "codes"
+    path: str | None = None  # codes: folder written by `python -m sar_lightning.tokenize`
+    tokenizer: str = "pixel"  # image data sets: pixel | vq (a VQ-VAE checkpoint at tokenizer_path)
+    tokenizer_path: str | None = None
+    levels: int = 17  # pixel tokenizer: intensity levels = vocabulary size
+    split_seed: int = 0
+    batch_size: int = 64  # per device
+    num_workers: int = 0
+
+
+@dataclass
+class ModelSection:
+    name: str = "tiny"  # a key of sar_lightning.model.MODELS
+    decoder_attn: str = "block_causal"  # block_causal | own_set | full
+    first_set_loss: bool = True
+    class_dropout: float = 0.1
+    dropout: float = 0.0
+
+
+@dataclass
+class TrainConfig:
+    order: str = "random"
+    schedule: str = "random"
+    num_sets: int | None = 16  # K; null for schedules that size themselves (ar, mar, next_scale)
+    num_sets_range: list[int] | None = None  # [lo, hi]: K drawn uniformly per batch (overrides num_sets)
+    max_steps: int = 1000
+    lr: float = 1e-3
+    lr_schedule: str = "constant"  # constant | cosine (after warm-up)
+    warmup_steps: int = 100
+    min_lr_ratio: float = 0.1  # cosine floor, as a fraction of lr
+    weight_decay: float = 0.05  # on matrices only
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.95])
+    grad_clip: float = 1.0
+    ema_decay: float = 0.999  # 0 disables the EMA
+    ema_start_step: int = 0
+    precision: str = "32"  # 32 | bf16-mixed | 16-mixed
+    compile: bool = False
+    val_every: int = 200  # steps
+    val_batches: int = 8
+    ckpt_every: int = 500  # steps between snapshots (last.ckpt is refreshed at the same cadence)
+    log_every: int = 10
+    sample_steps: list[int] = field(default_factory=lambda: [1, 4, 16])  # image grids at these K
+    seed: int = 0
+
+
+@dataclass
+class InferConfig:
+    orders: list[str] = field(default_factory=list)  # empty: the training order
+    schedule: str = "cosine"
+    num_steps: list[int] = field(default_factory=lambda: [1, 2, 4, 8, 16, 64])
+    cfg_scale: list[float] = field(default_factory=lambda: [1.0])
+    cfg_schedule: str = "constant"
+    temperature: float = 1.0
+    top_k: int | None = None
+    top_p: float | None = None
+    kv_cache: list[bool] = field(default_factory=lambda: [True])
+    attn: str = "causal"  # causal | full (MAR-style: known cells one set, unknown the other)
+    num_samples: int = 500
+    batch_size: int = 100
+    reference: str = "val"  # the real split the metrics compare against
+    ckpt: str = "last"  # last | a file name under checkpoints/
+    ema: bool = True
+    seed: int = 0
+    timing_batch: int = 32
+    timing_repeats: int = 2
+
+
+@dataclass
+class TrainerConfig:
+    accelerator: str = "cpu"
+    devices: Any = 1
+    strategy: str = "auto"
+    num_nodes: int = 1
+    enable_progress_bar: bool = True
+
+
+@dataclass
+class Config:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelSection = field(default_factory=ModelSection)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    infer: InferConfig = field(default_factory=InferConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    root: str = "runs"  # run folders go to <root>/<run_id>
+    threads: int = 0  # torch.set_num_threads when > 0
+
+
+def _experiments_root(path: Path) -> Path:
+    for parent in [path.parent, *path.parents]:
+        if (parent / "base.yaml").exists():
+            return parent
+    return path.parent
+
+
+def _load_tree(path: Path, seen: tuple = ()):
+    if not path.exists():
+        raise ConfigError(f"config file {path} does not exist")
+    if path in seen:
+        raise ConfigError(f"config defaults loop through {path}")
+    tree = OmegaConf.load(path)
+    defaults = tree.pop("defaults", []) if "defaults" in tree else []
+    root, merged = _experiments_root(path), OmegaConf.create()
+    for name in defaults:
+        merged = OmegaConf.merge(merged, _load_tree(root / f"{name}.yaml", (*seen, path)))
+    return OmegaConf.merge(merged, tree)
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | tuple = ()) -> Config:
+    """Merge ``path`` (with its defaults) and ``key=value`` overrides onto the schema; validate."""
+    try:
+        tree = OmegaConf.structured(Config)
+        if path is not None:
+            tree = OmegaConf.merge(tree, _load_tree(Path(path)))
+        bad = [o for o in overrides if "=" not in o]
+        if bad:
+            raise ConfigError(f"overrides must look like key=value, got {bad}")
+        tree = OmegaConf.merge(tree, OmegaConf.from_dotlist(list(overrides)))
+        cfg = OmegaConf.to_object(tree)
+    except OmegaConfBaseException as err:
+        key = getattr(err, "full_key", None)
+        raise ConfigError(f"bad config value{f' at {key!r}' if key else ''}: {err.msg}") from None
+    check_config(cfg)
+    return cfg
+
+
+def to_yaml(cfg: Config) -> str:
+    return OmegaConf.to_yaml(OmegaConf.structured(cfg))
+
+
+def to_dict(cfg: Config) -> dict:
+    return OmegaConf.to_container(OmegaConf.structured(cfg))
+
+
+def _choice(key: str, value, valid) -> None:
+    if value not in valid:
+        raise ConfigError(f"{key}={value!r} is not valid; choose one of: {', '.join(map(str, valid))}")
+
+
+def check_config(cfg: Config) -> None:
+    """Choices and consistency the types cannot express. Raises ``ConfigError`` naming the key."""
+    from .data import data_info, known_data
+    from .intervals import SCHEDULES
+    from .masks import DECODER_MODES
+    from .model import MODELS
+    from .orders import parse_order_name
+
+    _choice("data.name", cfg.data.name, known_data())
+    _choice("data.tokenizer", cfg.data.tokenizer, ("pixel", "vq"))
+    _choice("model.name", cfg.model.name, list(MODELS))
+    _choice("model.decoder_attn", cfg.model.decoder_attn, DECODER_MODES)
+    _choice("train.schedule", cfg.train.schedule, sorted(SCHEDULES))
+    _choice("train.lr_schedule", cfg.train.lr_schedule, ("constant", "cosine"))
+    _choice("train.precision", cfg.train.precision, ("32", "32-true", "bf16-mixed", "16-mixed", "bf16-true"))
+    _choice("infer.schedule", cfg.infer.schedule, sorted(SCHEDULES))
+    _choice("infer.cfg_schedule", cfg.infer.cfg_schedule, ("constant", "linear"))
+    _choice("infer.attn", cfg.infer.attn, ("causal", "full"))
+    for key, name in [("train.order", cfg.train.order)] + [("infer.orders", o) for o in cfg.infer.orders]:
+        try:
+            parse_order_name(name)
+        except ValueError as err:
+            raise ConfigError(f"{key}: {err}") from None
+    positive = {"data.batch_size": cfg.data.batch_size, "train.max_steps": cfg.train.max_steps,
+                "train.val_every": cfg.train.val_every, "train.ckpt_every": cfg.train.ckpt_every,
+                "train.log_every": cfg.train.log_every, "infer.num_samples": cfg.infer.num_samples,
+                "infer.batch_size": cfg.infer.batch_size, "trainer.num_nodes": cfg.trainer.num_nodes}
+    for key, value in positive.items():
+        if value < 1:
+            raise ConfigError(f"{key} must be >= 1, got {value}")
+    if not cfg.train.lr > 0:
+        raise ConfigError(f"train.lr must be > 0, got {cfg.train.lr}")
+    if not 0 <= cfg.train.ema_decay < 1:
+        raise ConfigError(f"train.ema_decay must lie in [0, 1), got {cfg.train.ema_decay}")
+    if len(cfg.train.betas) != 2:
+        raise ConfigError(f"train.betas needs two values, got {cfg.train.betas}")
+    if cfg.data.tokenizer == "vq" and not cfg.data.tokenizer_path:
+        raise ConfigError("data.tokenizer=vq needs data.tokenizer_path (a VQ-VAE checkpoint)")
+
+    info = data_info(cfg.data)  # cheap: constants or the codes manifest
+    n = info["height"] * info["width"]
+    for key, steps in [("train.sample_steps", cfg.train.sample_steps), ("infer.num_steps", cfg.infer.num_steps)]:
+        bad = [k for k in steps if not 1 <= k <= n]
+        if bad:
+            raise ConfigError(f"{key}: step counts {bad} must lie in 1..N={n}")
+    rng = cfg.train.num_sets_range
+    if rng is not None and (len(rng) != 2 or not 1 <= rng[0] <= rng[1] <= n):
+        raise ConfigError(f"train.num_sets_range must be [lo, hi] with 1 <= lo <= hi <= N={n}, got {rng}")
+    from .intervals import make_intervals
+
+    for k in [rng[0], rng[1]] if rng is not None else [cfg.train.num_sets]:
+        try:
+            make_intervals(cfg.train.schedule, n, k)
+        except ValueError as err:
+            raise ConfigError(f"train.schedule/num_sets: {err}") from None
+    if MODELS[cfg.model.name].get("kind") == "gpt" and (cfg.train.order != "raster" or cfg.train.schedule != "ar"):
+        raise ConfigError(f"model.name={cfg.model.name} is the raster next-token GPT baseline: "
+                          "it needs train.order=raster and train.schedule=ar")
+
+
+def num_sets_label(cfg: Config, num_tokens: int) -> str:
+    """The K in a paper-style run name: N for ar, 2 for mar, 'lo_hi' for a range."""
+    t = cfg.train
+    if t.num_sets_range is not None:
+        return f"{t.num_sets_range[0]}_{t.num_sets_range[1]}"
+    if t.schedule == "ar":
+        return str(num_tokens)
+    if t.schedule == "mar":
+        return "2"
+    if t.schedule == "next_scale":
+        from .intervals import make_intervals
+
+        return str(len(make_intervals("next_scale", num_tokens)))
+    return str(t.num_sets)
+
+
+_NOT_IDENTITY = {"root", "infer", "trainer", "threads"}
+
+
+def run_id(cfg: Config) -> str:
+    """``{order}-{K}-{schedule}_{model}_{data}_s{seed}_{hash}``: semantic, never from the clock.
+
+    The hash covers every setting that changes what is trained (not evaluation, hardware or paths).
+    """
+    from .data import data_info
+
+    info = data_info(cfg.data)
+    ident = {k: v for k, v in to_dict(cfg).items() if k not in _NOT_IDENTITY}
+    for k in ("log_every", "val_batches", "sample_steps"):
+        ident["train"].pop(k, None)
+    ident["data"].pop("num_workers", None)
+    digest = hashlib.sha1(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:6]
+    order = cfg.train.order.replace(":", "")
+    k = num_sets_label(cfg, info["height"] * info["width"])
+    data = cfg.data.name if cfg.data.name != "codes" else Path(cfg.data.path or "codes").name
+    return f"{order}-{k}-{cfg.train.schedule}_{cfg.model.name}_{data}_s{cfg.train.seed}_{digest}"

@@ -1,0 +1,156 @@
+"""Token data for training: image data sets through a tokenizer, or pre-tokenized ``codes`` folders.
+
+A ``codes`` folder (written by ``python -m sar_lightning.tokenize``) holds ``manifest.json`` and, per
+split, ``<split>_codes.npy [num_images, N]`` and ``<split>_labels.npy [num_images]``. Small arrays
+are loaded into memory; large ones stay memory-mapped, so loading never blocks a GPU.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, TensorDataset
+
+from .tokenizers import PixelQuantizer
+
+CODES_FORMAT = "sar-codes/1"
+IN_MEMORY_BYTES = 256 * 2**20  # arrays up to this size are read into RAM
+
+
+def known_data() -> list[str]:
+    from .datasets import DATASETS
+
+    return [*sorted(DATASETS), "codes"]
+
+
+def read_manifest(path: str | Path) -> dict:
+    file = Path(path) / "manifest.json"
+    if not file.exists():
+        raise FileNotFoundError(f"{file} not found: data.path must be a codes folder written by "
+                                "`python -m sar_lightning.tokenize` (manifest.json + <split>_codes.npy)")
+    manifest = json.loads(file.read_text())
+    if manifest.get("format") != CODES_FORMAT:
+        raise ValueError(f"{file}: format {manifest.get('format')!r} is not {CODES_FORMAT!r}")
+    return manifest
+
+
+def build_tokenizer(cfg, info_only: bool = False):
+    """The tokenizer of an image data set (``cfg``: DataConfig)."""
+    from .datasets import dataset_info
+
+    if cfg.tokenizer == "pixel":
+        meta = dataset_info(cfg.name)
+        return PixelQuantizer(cfg.levels, meta["height"], meta["width"], meta["channels"])
+    from .tokenizers.vqvae import load_vqvae
+
+    return load_vqvae(cfg.tokenizer_path)
+
+
+def tokenizer_from_manifest(manifest: dict):
+    """The tokenizer that decodes a codes folder, or None when its weights are not on this machine."""
+    tok = manifest.get("tokenizer", {})
+    kind, path = tok.get("name"), tok.get("path")
+    if kind == "pixel":
+        return PixelQuantizer(tok["levels"], manifest["height"], manifest["width"], tok.get("channels", 1))
+    if path is None or not Path(path).exists():
+        return None
+    if kind == "llamagen_vq16":
+        from .tokenizers.llamagen import load_llamagen_vq16
+
+        return load_llamagen_vq16(path)
+    from .tokenizers.vqvae import load_vqvae
+
+    return load_vqvae(path)
+
+
+def data_info(cfg) -> dict:
+    """Grid, vocabulary and classes of the configured data: ``height, width, vocab_size, num_classes``."""
+    if cfg.name == "codes":
+        if not cfg.path:
+            raise ValueError("data.name=codes needs data.path (a codes folder)")
+        m = read_manifest(cfg.path)
+        return {k: m[k] for k in ("height", "width", "vocab_size", "num_classes")}
+    from .datasets import dataset_info
+
+    meta = dataset_info(cfg.name)
+    if cfg.tokenizer == "pixel":
+        return {"height": meta["height"], "width": meta["width"], "vocab_size": cfg.levels,
+                "num_classes": meta["num_classes"]}
+    tok = build_tokenizer(cfg)
+    return {"height": tok.grid[0], "width": tok.grid[1], "vocab_size": tok.vocab_size,
+            "num_classes": meta["num_classes"]}
+
+
+class CodesDataset(Dataset):
+    """Rows of a memory-mapped ``[num_images, N]`` code array with their labels."""
+
+    def __init__(self, codes: np.ndarray, labels: np.ndarray):
+        self.codes, self.labels = codes, labels
+
+    def __len__(self):
+        return len(self.labels)
+
+    def __getitem__(self, i):
+        return torch.from_numpy(np.asarray(self.codes[i], dtype=np.int64)), int(self.labels[i])
+
+
+def load_codes_split(path: str | Path, split: str) -> Dataset:
+    path = Path(path)
+    codes_file, labels_file = path / f"{split}_codes.npy", path / f"{split}_labels.npy"
+    if not codes_file.exists():
+        raise FileNotFoundError(f"{codes_file} not found (split {split!r} of codes folder {path})")
+    codes, labels = np.load(codes_file, mmap_mode="r"), np.load(labels_file, mmap_mode="r")
+    if codes.nbytes <= IN_MEMORY_BYTES:
+        return TensorDataset(torch.from_numpy(np.asarray(codes, dtype=np.int64)),
+                             torch.from_numpy(np.asarray(labels, dtype=np.int64)))
+    return CodesDataset(codes, labels)
+
+
+@torch.no_grad()
+def encode_images(tokenizer, images: torch.Tensor, batch_size: int = 512) -> torch.Tensor:
+    """``images [M, C, H, W]`` in [0, 1] -> codes ``LongTensor[M, N]``, batched."""
+    return torch.cat([tokenizer.encode(images[i : i + batch_size]) for i in range(0, len(images), batch_size)])
+
+
+def load_token_split(cfg, split: str) -> Dataset:
+    """Token data set of one split (``train`` or ``val``) for a DataConfig."""
+    if cfg.name == "codes":
+        return load_codes_split(cfg.path, split)
+    from .datasets import load_images
+
+    images, labels = load_images(cfg.name, split, seed=cfg.split_seed)
+    return TensorDataset(encode_images(build_tokenizer(cfg), images), labels)
+
+
+def decoder_for(cfg):
+    """Tokenizer that turns sampled codes back into images (None when it is not available here)."""
+    if cfg.name == "codes":
+        return tokenizer_from_manifest(read_manifest(cfg.path))
+    return build_tokenizer(cfg)
+
+
+class SARDataModule(L.LightningDataModule):
+    def __init__(self, cfg):
+        super().__init__()
+        self.cfg = cfg
+        self.train_set = self.val_set = None
+
+    def setup(self, stage=None):
+        if self.train_set is None:
+            self.train_set = load_token_split(self.cfg, "train")
+            self.val_set = load_token_split(self.cfg, "val")
+
+    def _loader(self, dataset, shuffle):
+        workers = self.cfg.num_workers
+        return DataLoader(dataset, batch_size=self.cfg.batch_size, shuffle=shuffle, drop_last=shuffle,
+                          num_workers=workers, persistent_workers=workers > 0, pin_memory=torch.cuda.is_available())
+
+    def train_dataloader(self):
+        return self._loader(self.train_set, shuffle=True)
+
+    def val_dataloader(self):
+        return self._loader(self.val_set, shuffle=False)

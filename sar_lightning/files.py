@@ -1,0 +1,38 @@
+"""Crash-safe file writes: write a temporary file beside the target, then rename over it."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    """Replace ``path`` with ``text`` in one rename: readers see the old or the new file, never half."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def read_jsonl(path: str | Path) -> list[dict]:
+    path = Path(path)
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def append_jsonl(path: str | Path, rows: list[dict]) -> None:
+    """Add ``rows`` to a JSON-lines file by rewriting it atomically (old rows kept, never torn)."""
+    old = Path(path).read_text() if Path(path).exists() else ""
+    new = "".join(json.dumps(r, sort_keys=True) + "\n" for r in rows)
+    atomic_write_text(path, old + new)

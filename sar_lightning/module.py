@@ -1,0 +1,96 @@
+"""The LightningModule: draws orders per sample and intervals per batch, optimises the SAR loss."""
+
+from __future__ import annotations
+
+import math
+
+import lightning as L
+import torch
+
+from .config import Config
+from .intervals import SELF_SIZED, make_intervals
+from .model import build_model
+from .orders import make_order
+
+
+def _mix(*xs: int) -> int:
+    h = 1469598103934665603
+    for x in xs:
+        h = ((h ^ (x & 0xFFFFFFFFFFFF)) * 1099511628211) % (1 << 63)
+    return h
+
+
+def draw_sets(train_cfg, height: int, width: int, batch_size: int, generator: torch.Generator):
+    """One training batch's orders ``[B, N]`` (per sample) and intervals (per batch), on the CPU."""
+    n = height * width
+    order = make_order(train_cfg.order, height, width, batch_size, generator=generator)
+    if train_cfg.schedule in SELF_SIZED:
+        k = None
+    elif train_cfg.num_sets_range is not None:
+        lo, hi = train_cfg.num_sets_range
+        k = int(torch.randint(lo, hi + 1, (), generator=generator))
+    else:
+        k = train_cfg.num_sets
+    return order, make_intervals(train_cfg.schedule, n, k, generator=generator)
+
+
+class SARLightningModule(L.LightningModule):
+    """Wraps a FullyMaskedTransformer or the GPT baseline. ``config`` is the resolved Config as a dict;
+    ``info`` the data's grid, vocabulary and classes. Both are saved in every checkpoint."""
+
+    def __init__(self, config: dict, info: dict):
+        super().__init__()
+        self.save_hyperparameters()
+        from omegaconf import OmegaConf
+
+        self.cfg: Config = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(Config), config))
+        m = self.cfg.model
+        self.model = build_model(m.name, vocab_size=info["vocab_size"], num_classes=info["num_classes"],
+                                 height=info["height"], width=info["width"], decoder_attn=m.decoder_attn,
+                                 first_set_loss=m.first_set_loss, class_dropout=m.class_dropout,
+                                 dropout=m.dropout)
+        self.height, self.width = info["height"], info["width"]
+        self._loss = torch.compile(self.model.loss, dynamic=True) if self.cfg.train.compile else self.model.loss
+
+    def _generator(self, stream: int, index: int) -> torch.Generator:
+        # A fresh seed per (run seed, rank, stream, step): ranks differ, and a resumed run draws
+        # exactly what the uninterrupted run would have.
+        return torch.Generator().manual_seed(_mix(self.cfg.train.seed, self.global_rank, stream, index))
+
+    def _step(self, batch, generator):
+        tokens, labels = batch
+        order, intervals = draw_sets(self.cfg.train, self.height, self.width, len(tokens), generator)
+        loss, acc = self._loss(tokens, labels, order.to(self.device), intervals)
+        return loss, acc, len(intervals)
+
+    def training_step(self, batch, batch_idx):
+        loss, acc, k = self._step(batch, self._generator(0, self.global_step))
+        self.log("train/loss", loss, prog_bar=True)
+        self.log("train/acc", acc)
+        self.log("train/num_sets", float(k))
+        return loss
+
+    def validation_step(self, batch, batch_idx):
+        # The fixed validation setting: the training order and schedule, drawn from fixed seeds.
+        g = torch.Generator().manual_seed(_mix(self.cfg.train.seed, 7, batch_idx))
+        loss, acc, _ = self._step(batch, g)
+        self.log("val/loss", loss, prog_bar=True, sync_dist=True)
+        self.log("val/acc", acc, sync_dist=True)
+
+    def configure_optimizers(self):
+        t = self.cfg.train
+        params = [p for p in self.parameters() if p.requires_grad]
+        groups = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": t.weight_decay},
+                  {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
+        opt = torch.optim.AdamW(groups, lr=t.lr, betas=tuple(t.betas))
+
+        def factor(step: int) -> float:
+            if step < t.warmup_steps:
+                return (step + 1) / t.warmup_steps
+            if t.lr_schedule == "constant":
+                return 1.0
+            done = min(1.0, (step - t.warmup_steps) / max(1, t.max_steps - t.warmup_steps))
+            return t.min_lr_ratio + (1 - t.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * done))
+
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
