@@ -73,7 +73,7 @@ class TrainConfig:
 class InferConfig:
     orders: list[str] = field(default_factory=list)  # empty: the training order
     schedule: str = "cosine"
-    num_steps: list[int] = field(default_factory=lambda: [1, 2, 4, 8, 16, 64])
+    num_steps: list[int] = field(default_factory=lambda: [1, 2, 4, 8, 16])  # each <= N
     cfg_scale: list[float] = field(default_factory=lambda: [1.0])
     cfg_schedule: str = "constant"
     temperature: float = 1.0
@@ -201,7 +201,10 @@ def check_config(cfg: Config) -> None:
     if cfg.data.tokenizer == "vq" and not cfg.data.tokenizer_path:
         raise ConfigError("data.tokenizer=vq needs data.tokenizer_path (a VQ-VAE checkpoint)")
 
-    info = data_info(cfg.data)  # cheap: constants or the codes manifest
+    try:
+        info = data_info(cfg.data)  # cheap: constants or the codes manifest
+    except (ValueError, FileNotFoundError) as err:
+        raise ConfigError(f"data: {err}") from None
     n = info["height"] * info["width"]
     for key, steps in [("train.sample_steps", cfg.train.sample_steps), ("infer.num_steps", cfg.infer.num_steps)]:
         bad = [k for k in steps if not 1 <= k <= n]
@@ -210,9 +213,10 @@ def check_config(cfg: Config) -> None:
     rng = cfg.train.num_sets_range
     if rng is not None and (len(rng) != 2 or not 1 <= rng[0] <= rng[1] <= n):
         raise ConfigError(f"train.num_sets_range must be [lo, hi] with 1 <= lo <= hi <= N={n}, got {rng}")
-    from .intervals import make_intervals
+    from .intervals import SELF_SIZED, make_intervals
 
-    for k in [rng[0], rng[1]] if rng is not None else [cfg.train.num_sets]:
+    ks = [None] if cfg.train.schedule in SELF_SIZED else [rng[0], rng[1]] if rng else [cfg.train.num_sets]
+    for k in ks:
         try:
             make_intervals(cfg.train.schedule, n, k)
         except ValueError as err:

@@ -154,3 +154,35 @@ class SARDataModule(L.LightningDataModule):
 
     def val_dataloader(self):
         return self._loader(self.val_set, shuffle=False)
+
+
+def write_codes(folder: str | Path, splits: dict, *, height: int, width: int, vocab_size: int,
+                num_classes: int, tokenizer: dict, source: str) -> Path:
+    """Write a codes folder: ``splits = {"train": (codes [M, N], labels [M]), ...}`` + manifest.
+
+    Written into a temporary sibling folder and renamed into place, so a crash never leaves a
+    half-written data set under ``folder``.
+    """
+    import shutil
+    import tempfile
+
+    folder = Path(folder)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}.tmp"))
+    dtype = np.int16 if vocab_size <= 2**15 else np.int32
+    counts = {}
+    for split, (codes, labels) in splits.items():
+        codes, labels = np.asarray(codes), np.asarray(labels)
+        if codes.shape[1:] != (height * width,) or len(codes) != len(labels):
+            raise ValueError(f"split {split}: codes {codes.shape} / labels {labels.shape} do not fit "
+                             f"N={height * width}")
+        np.save(tmp / f"{split}_codes.npy", codes.astype(dtype))
+        np.save(tmp / f"{split}_labels.npy", labels.astype(np.int64))
+        counts[split] = len(labels)
+    manifest = {"format": CODES_FORMAT, "height": height, "width": width, "vocab_size": vocab_size,
+                "num_classes": num_classes, "tokenizer": tokenizer, "source": source, "splits": counts}
+    (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1))
+    if folder.exists():
+        shutil.rmtree(folder)
+    tmp.rename(folder)
+    return folder

@@ -181,7 +181,7 @@ class FullyMaskedTransformer(SARModel):
 MODELS: dict[str, dict] = {
     # CPU sizes (ours)
     "tiny": dict(dim=64, heads=4, enc_layers=2, dec_layers=2, ffn_multiple=64),
-    "small": dict(dim=128, heads=4, enc_layers=4, dec_layers=4, ffn_multiple=64),
+    "small": dict(dim=96, heads=4, enc_layers=3, dec_layers=3, ffn_multiple=32),
     # the paper's sizes: LlamaGen GPT widths, layers split half encoder / half decoder
     "B": dict(dim=768, heads=12, enc_layers=6, dec_layers=6, ffn_multiple=256),
     "L": dict(dim=1024, heads=16, enc_layers=12, dec_layers=12, ffn_multiple=256),

@@ -1,0 +1,204 @@
+"""One metric engine: Fréchet distance, KID, precision/recall and classifier consistency, all from one
+feature extractor (see ``features.py``), whose name goes into every result.
+
+Features are extracted once per image set; the library metrics are then fed the features (torchmetrics
+through an identity "feature module", torch-fidelity's ``prc``/``fid`` through their feature-level
+functions). No formula is re-implemented here.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Iterable
+
+import numpy as np
+import torch
+from torch import nn
+from torch_fidelity.metric_fid import KEY_METRIC_FID, fid_features_to_statistics, fid_statistics_to_metric
+from torch_fidelity.metric_prc import prc_features_to_metric
+from torchmetrics.image.fid import FrechetInceptionDistance
+from torchmetrics.image.kid import KernelInceptionDistance
+
+METRIC_KEYS = ("fd", "kid", "kid_std", "precision", "recall", "class_acc")
+
+
+class _PrecomputedFeatures(nn.Module):
+    """Identity feature module: torchmetrics' FID/KID get features we already extracted. ``num_features``
+    spares torchmetrics a probe with a dummy image."""
+
+    def __init__(self, num_features: int):
+        super().__init__()
+        self.num_features = num_features
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return features
+
+
+def _device_of(extractor: nn.Module) -> torch.device:
+    param = next(extractor.parameters(), None)
+    return param.device if param is not None else torch.device("cpu")
+
+
+@torch.no_grad()
+def extract_features(
+    extractor: nn.Module,
+    images: torch.Tensor | Iterable[torch.Tensor],
+    *,
+    batch_size: int = 256,
+    device: torch.device | str | None = None,
+    with_logits: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Run ``extractor`` over an image set in batches.
+
+    Args:
+        images: ``[N, C, H, W]`` in [0, 1], or an iterable of such batches (e.g. a sampler's output stream).
+        device: where to run; defaults to the extractor's device.
+        with_logits: also return ``extractor.logits`` (only if the extractor is a classifier).
+
+    Returns:
+        features ``[N, D]`` float32 and logits ``[N, K]`` (or None), on ``device``.
+    """
+    device = torch.device(device) if device is not None else _device_of(extractor)
+    batches = images.split(batch_size) if torch.is_tensor(images) else images
+    want_logits = with_logits and hasattr(extractor, "logits")
+    feats, logits = [], []
+    for x in batches:
+        x = x.to(device, torch.float32)
+        feats.append(extractor(x).float())
+        if want_logits:
+            logits.append(extractor.logits(x).float())
+    return torch.cat(feats), (torch.cat(logits) if want_logits else None)
+
+
+def _is_reference(real) -> bool:
+    return isinstance(real, (tuple, list)) and len(real) == 2
+
+
+def metrics_from_features(
+    fake_features: torch.Tensor,
+    real: torch.Tensor | tuple[torch.Tensor, torch.Tensor],
+    *,
+    extractor_name: str,
+    fake_logits: torch.Tensor | None = None,
+    fake_labels: torch.Tensor | None = None,
+    kid_subsets: int = 100,
+    kid_subset_size: int = 1000,
+    prc_neighborhood: int = 3,
+    prc_batch_size: int = 2000,
+    seed: int = 0,
+) -> dict:
+    """All metrics from extracted features.
+
+    Args:
+        fake_features: ``[N, D]`` features of the generated images.
+        real: ``[M, D]`` features of real images, or reference statistics ``(mu [D], sigma [D, D])``
+            (then only FD is defined; KID and precision/recall are None).
+        extractor_name: recorded under ``extractor`` (results of different extractors never mix).
+        fake_logits, fake_labels: ``[N, K]`` classifier logits and ``[N]`` conditioning labels, for
+            ``class_acc`` (how often the classifier assigns a sample its conditioning label).
+        kid_subset_size: capped at the smaller sample count, so KID works for small sets too.
+        seed: KID draws random subsets; the seed makes it reproducible without touching global RNG.
+
+    Returns:
+        dict with ``fd, kid, kid_std, precision, recall, class_acc`` (float or None), ``num_fake``,
+        ``num_real`` (None for reference statistics) and ``extractor``.
+    """
+    fake = fake_features.double()
+    out = dict.fromkeys(METRIC_KEYS)
+    out.update(extractor=extractor_name, num_fake=len(fake), num_real=None)
+    if fake_logits is not None and fake_labels is not None:
+        hits = fake_logits.argmax(-1).cpu() == fake_labels.cpu().long()
+        out["class_acc"] = hits.double().mean().item()
+
+    if _is_reference(real):
+        # Standard FID against precomputed statistics (ADM's npz): torch-fidelity's routine, float64.
+        mu, sigma = (np.asarray(torch.as_tensor(t).double().cpu()) for t in real)
+        if len(fake) >= 2:
+            stats = fid_features_to_statistics(fake.cpu())
+            reference = {"mu": mu, "sigma": sigma}
+            out["fd"] = fid_statistics_to_metric(stats, reference, verbose=False)[KEY_METRIC_FID]
+        return out
+
+    real = real.to(fake.device).double()
+    n_fake, n_real = len(fake), len(real)
+    out["num_real"] = n_real
+    dim = fake.shape[1]
+    if n_fake >= 2 and n_real >= 2:
+        fid = FrechetInceptionDistance(feature=_PrecomputedFeatures(dim), normalize=True).to(fake.device)
+        fid.update(real, real=True)
+        fid.update(fake, real=False)
+        out["fd"] = fid.compute().item()
+
+        with warnings.catch_warnings(), torch.random.fork_rng(devices=[]):
+            warnings.filterwarnings("ignore", ".*will save all extracted features.*")
+            torch.manual_seed(seed)
+            kid = KernelInceptionDistance(
+                feature=_PrecomputedFeatures(dim),
+                subsets=kid_subsets,
+                subset_size=min(kid_subset_size, n_fake, n_real),
+                normalize=True,
+            ).to(fake.device)
+            kid.update(real, real=True)
+            kid.update(fake, real=False)
+            kid_mean, kid_std = kid.compute()
+        out["kid"], out["kid_std"] = kid_mean.item(), kid_std.item()
+
+    if min(n_fake, n_real) > prc_neighborhood:  # the k-NN radius needs k other samples
+        # torch-fidelity's convention: features_1 = generated, features_2 = real. save_cpu_ram computes
+        # the distance matrix in row blocks instead of materialising [N, M] at once.
+        prc = prc_features_to_metric(
+            fake.float(),
+            real.float(),
+            prc_neighborhood=prc_neighborhood,
+            prc_batch_size=prc_batch_size,
+            save_cpu_ram=True,
+            verbose=False,
+        )
+        out["precision"], out["recall"] = prc["precision"], prc["recall"]
+    return out
+
+
+def compute_metrics(
+    extractor: nn.Module,
+    fake_images: torch.Tensor | Iterable[torch.Tensor],
+    real: torch.Tensor | tuple[torch.Tensor, torch.Tensor],
+    fake_labels: torch.Tensor | None = None,
+    *,
+    batch_size: int = 256,
+    device: torch.device | str | None = None,
+    **kwargs,
+) -> dict:
+    """FD, KID, precision/recall and class consistency of ``fake_images`` against ``real``.
+
+    Args:
+        extractor: a feature extractor with a ``name`` (``features.py``); ``logits`` enables ``class_acc``.
+        fake_images: ``[N, C, H, W]`` in [0, 1] (or an iterable of batches).
+        real: real images ``[M, C, H, W]`` in [0, 1], or reference statistics ``(mu, sigma)``.
+        fake_labels: ``[N]`` the labels the fake images were conditioned on.
+        **kwargs: passed to ``metrics_from_features`` (KID subsets, PR neighbourhood, seed).
+
+    Returns:
+        the dict of ``metrics_from_features``.
+    """
+    fake_features, fake_logits = extract_features(
+        extractor, fake_images, batch_size=batch_size, device=device, with_logits=fake_labels is not None
+    )
+    if not _is_reference(real):
+        real, _ = extract_features(extractor, real, batch_size=batch_size, device=device)
+    return metrics_from_features(
+        fake_features,
+        real,
+        extractor_name=extractor.name,
+        fake_logits=fake_logits,
+        fake_labels=fake_labels,
+        **kwargs,
+    )
+
+
+def named_metrics(result: dict, prefix: str = "eval/") -> dict:
+    """Flat, extractor-named keys for logs and the results table: ``{prefix}fd_<extractor>``, ...,
+    plus ``{prefix}num_fake`` and ``{prefix}num_real``. Metrics that are None are left out."""
+    name = result["extractor"]
+    out = {f"{prefix}{k}_{name}": result[k] for k in METRIC_KEYS if result.get(k) is not None}
+    out.update({f"{prefix}num_fake": result["num_fake"], f"{prefix}num_real": result["num_real"]})
+    return out
