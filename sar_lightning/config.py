@@ -89,6 +89,8 @@ class InferConfig:
     seed: int = 0
     timing_batch: int = 32
     timing_repeats: int = 2
+    inception_weights: str | None = None  # torch-fidelity's pt_inception-2015-12-05-6726825d.pth
+    reference_stats: str | None = None  # an .npz with mu, sigma (ADM's VIRTUAL_imagenet256_labeled.npz)
 
 
 @dataclass

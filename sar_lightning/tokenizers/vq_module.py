@@ -114,7 +114,7 @@ def train_vqvae(
     out_dir = Path(out_dir)
     L.seed_everything(seed, verbose=False)
     module = VQVAEModule(config, lr=lr)
-    init_mse = evaluate_vqvae(module.vqvae.eval(), images_val)["recon_mse"]
+    init_mse = evaluate_vqvae(module.vqvae, images_val)["recon_mse"]  # no dropout/BN: mode irrelevant
     gen = torch.Generator().manual_seed(seed)
     train_dl = DataLoader(TensorDataset(images_train), batch_size=min(batch_size, len(images_train)),
                           shuffle=True, drop_last=True, generator=gen)

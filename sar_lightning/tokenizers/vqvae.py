@@ -31,10 +31,10 @@ class VQVAEConfig:
     channels: int = 1  # image channels
     image_size: tuple[int, int] = (8, 8)
     num_down: int = 1  # stride-2 downsamplings: 8x8 -> 4x4; 28x28 -> 7x7 with 2
-    hidden: int = 64  # conv channels
-    num_res_blocks: int = 2  # per resolution
-    codebook_size: int = 64
-    code_dim: int = 16
+    hidden: int = 32  # conv channels
+    num_res_blocks: int = 1  # at the lowest resolution (plus one per up/downsampling)
+    codebook_size: int = 32
+    code_dim: int = 8
     l2_norm: bool = True
     beta: float = 0.25  # commitment weight
     codebook_update: str = "loss"  # loss | ema
@@ -135,6 +135,9 @@ class VectorQuantizer(nn.Module):
     def forward(self, z: torch.Tensor) -> QuantOut:  # z: (B, D, h, w)
         B, _, h, w = z.shape
         z_flat = self._flat(z)  # (M, D)
+        if self.training and self.cfg.restart_window and self.window_steps >= self.cfg.restart_window:
+            # before the lookup: editing the codebook after it would break this step's backward
+            self.restart_dead_codes(z_flat.detach())
         codes = self.nearest(z_flat.detach())
         e = self.codebook()[codes]  # (M, D)
         commit = F.mse_loss(z_flat, e.detach())
@@ -144,7 +147,7 @@ class VectorQuantizer(nn.Module):
                 self._ema_update(z_flat.detach(), codes)
             else:
                 loss = loss + F.mse_loss(e, z_flat.detach())
-            self._track(z_flat.detach(), codes)
+            self._track(codes)
         z_q = z_flat + (e - z_flat).detach()  # straight-through estimator
         return QuantOut(z_q.view(B, h, w, self.dim).permute(0, 3, 1, 2), codes.view(B, h * w), loss, commit)
 
@@ -159,11 +162,9 @@ class VectorQuantizer(nn.Module):
         self.embedding.weight.copy_(self.ema_sum / count[:, None])
 
     @torch.no_grad()
-    def _track(self, z_flat, codes):
+    def _track(self, codes):
         self.window_counts += torch.bincount(codes, minlength=self.size)
         self.window_steps += 1
-        if self.cfg.restart_window and self.window_steps >= self.cfg.restart_window:
-            self.restart_dead_codes(z_flat)
 
     def window_usage(self) -> float:
         """Fraction of codes used since the last restart check (training forwards only)."""

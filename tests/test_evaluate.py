@@ -1,0 +1,123 @@
+"""The evaluate command: result rows, skipping, batch-size invariance, crash safety, two processes."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from sar_lightning.config import ConfigError, load_config
+from sar_lightning.data import decoder_for
+from sar_lightning.evaluate import RESULTS, evaluate, load_run_model, main, sample_images
+from sar_lightning.files import read_jsonl
+from sar_lightning.train import train
+
+REPO = Path(__file__).resolve().parents[1]
+SMOKE = REPO / "experiments" / "smoke.yaml"
+COLUMNS = {"run_id", "data", "model", "params", "train_order", "train_schedule", "train_num_sets", "ckpt_step",
+           "ema", "infer_order", "infer_schedule", "num_steps", "cfg", "cfg_schedule", "temperature", "top_k",
+           "top_p", "kv_cache", "num_samples", "reference", "extractor", "fd", "kid", "precision", "recall",
+           "class_acc", "sec_per_image", "batch_size", "device", "git_sha"}
+FAST_EVAL = ["infer.num_samples=60", "infer.batch_size=32", "infer.timing_batch=8", "infer.timing_repeats=1"]
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    root = tmp_path_factory.mktemp("runs")
+    cfg = load_config(SMOKE, [f"root={root}", "train.max_steps=30", "train.val_every=30", "train.ckpt_every=30",
+                              "train.sample_steps=[4]", "trainer.enable_progress_bar=false"])
+    return train(cfg)
+
+
+def test_evaluate_writes_rows_then_skips_and_adds_only_new_settings(run_dir, capsys):
+    rows = evaluate(run_dir, [*FAST_EVAL, "infer.num_steps=[1,4]", "infer.kv_cache=[true,false]"])
+    assert len(rows) == 4
+    table = read_jsonl(run_dir / RESULTS)
+    assert len(table) == 4 and COLUMNS <= set(table[0])
+    assert {(r["num_steps"], r["kv_cache"]) for r in table} == {(1, True), (1, False), (4, True), (4, False)}
+    r = table[0]
+    assert r["extractor"] == "digits_cnn" and r["num_samples"] == 60 and r["ckpt_step"] == 30 and r["ema"]
+    assert r["fd"] > 0 and 0 <= r["class_acc"] <= 1 and r["sec_per_image"] > 0
+    # Cached and uncached sampling give the same images, hence the same metrics.
+    by = {(r["num_steps"], r["kv_cache"]): r["fd"] for r in table}
+    assert by[(4, True)] == pytest.approx(by[(4, False)], rel=1e-4)
+    # Re-run: nothing to do. One more step count: only that one is sampled.
+    assert evaluate(run_dir, [*FAST_EVAL, "infer.num_steps=[1,4]", "infer.kv_cache=[true,false]"]) == []
+    new = evaluate(run_dir, [*FAST_EVAL, "infer.num_steps=[1,4,16]", "infer.kv_cache=[true]"])
+    assert [(r["num_steps"], r["kv_cache"]) for r in new] == [(16, True)]
+    assert len(read_jsonl(run_dir / RESULTS)) == 5
+
+
+def test_same_seed_same_samples_at_batch_size_8_and_32(run_dir):
+    model, info, _, _ = load_run_model(run_dir)
+    cfg = load_config(run_dir / "config.yaml")
+    setting = dict(infer_order="random", infer_schedule="random", num_steps=8, cfg=2.0, cfg_schedule="linear",
+                   temperature=1.0, top_k=None, top_p=0.95, kv_cache=True, attn="causal", seed=3)
+    index = torch.arange(40)
+    tok = decoder_for(cfg.data)
+    a = sample_images(model, tok, index, 10, setting, 8, torch.device("cpu"))
+    b = sample_images(model, tok, index, 10, setting, 32, torch.device("cpu"))
+    c = sample_images(model, tok, index[24:], 10, setting, 5, torch.device("cpu"))  # another partition
+    assert torch.equal(a, b) and torch.equal(a[24:], c)
+    other = sample_images(model, tok, index, 10, {**setting, "seed": 4}, 32, torch.device("cpu"))
+    assert not torch.equal(a, other)
+
+
+def test_raw_and_ema_weights_differ(run_dir):
+    ema, _, _, used_ema = load_run_model(run_dir, ema=True)
+    raw, _, _, used_raw = load_run_model(run_dir, ema=False)
+    assert used_ema and not used_raw
+    assert not torch.equal(ema.head.weight, raw.head.weight)
+
+
+def test_an_interrupted_evaluation_keeps_finished_rows(run_dir, monkeypatch):
+    import sar_lightning.metrics as metrics
+
+    before = len(read_jsonl(run_dir / RESULTS))
+    real = metrics.compute_metrics
+    calls = {"n": 0}
+
+    def crash_on_second(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(metrics, "compute_metrics", crash_on_second)
+    with pytest.raises(KeyboardInterrupt):
+        evaluate(run_dir, [*FAST_EVAL, "infer.num_steps=[2,8]", "infer.orders=[raster]"])
+    rows = read_jsonl(run_dir / RESULTS)  # parses: never half-written
+    assert len(rows) == before + 1 and rows[-1]["infer_order"] == "raster"
+    assert not list(run_dir.glob(".results.jsonl.*"))  # no temporary file left behind
+
+
+def test_overrides_that_change_the_trained_run_are_refused(run_dir, capsys):
+    with pytest.raises(ConfigError, match="only change infer"):
+        evaluate(run_dir, ["train.lr=0.5"])
+    assert main([str(run_dir), "infer.orders=[zigzag]"]) == 2
+    assert "valid orders" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_two_processes_give_the_numbers_of_one(run_dir, tmp_path):
+    # Copy the run so each evaluation starts with an empty results file.
+    import shutil
+
+    single, double = tmp_path / "one" / run_dir.name, tmp_path / "two" / run_dir.name
+    for d in (single, double):
+        shutil.copytree(run_dir, d, ignore=shutil.ignore_patterns(RESULTS))
+    args = [*FAST_EVAL, "infer.num_steps=[4]", "threads=1"]
+    cmd = [sys.executable, "-m", "sar_lightning.evaluate"]
+    one = subprocess.run([*cmd, str(single), *args], cwd=REPO, capture_output=True, text=True, timeout=300)
+    two = subprocess.run([*cmd, str(double), *args, "trainer.devices=2", "trainer.strategy=ddp"], cwd=REPO,
+                         capture_output=True, text=True, timeout=300)
+    assert one.returncode == 0 and two.returncode == 0, two.stderr[-3000:]
+    (a,), (b,) = read_jsonl(single / RESULTS), read_jsonl(double / RESULTS)
+    assert b["world_size"] == 2 and a["world_size"] == 1
+    for key in ("fd", "kid", "precision", "recall", "class_acc", "num_samples"):
+        assert a[key] == pytest.approx(b[key], rel=1e-5), key
+    assert json.dumps(a["num_samples"]) == "60"
