@@ -133,10 +133,14 @@ def _load_tree(path: Path, seen: tuple = ()):
     return OmegaConf.merge(merged, tree)
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] | tuple = ()) -> Config:
-    """Merge ``path`` (with its defaults) and ``key=value`` overrides onto the schema; validate."""
+def load_config(path: str | Path | None = None, overrides: list[str] | tuple = (), *,
+                defaults: list[str] | tuple = (), experiments: str | Path | None = None) -> Config:
+    """Merge ``defaults`` (names under ``experiments/``), ``path`` (with its own defaults) and
+    ``key=value`` overrides onto the schema, in that order; validate."""
     try:
         tree = OmegaConf.structured(Config)
+        for name in defaults:
+            tree = OmegaConf.merge(tree, _load_tree(Path(experiments) / f"{name}.yaml"))
         if path is not None:
             tree = OmegaConf.merge(tree, _load_tree(Path(path)))
         bad = [o for o in overrides if "=" not in o]

@@ -103,7 +103,11 @@ def load_codes_split(path: str | Path, split: str) -> Dataset:
     codes_file, labels_file = path / f"{split}_codes.npy", path / f"{split}_labels.npy"
     if not codes_file.exists():
         raise FileNotFoundError(f"{codes_file} not found (split {split!r} of codes folder {path})")
-    codes, labels = np.load(codes_file, mmap_mode="r"), np.load(labels_file, mmap_mode="r")
+    # Errors name the folder: a sweep's log must say which data set is broken.
+    try:
+        codes, labels = np.load(codes_file, mmap_mode="r"), np.load(labels_file, mmap_mode="r")
+    except (OSError, ValueError) as err:
+        raise ValueError(f"cannot read codes split {split!r} from {path}: {err}") from None
     if codes.nbytes <= IN_MEMORY_BYTES:
         return TensorDataset(torch.from_numpy(np.asarray(codes, dtype=np.int64)),
                              torch.from_numpy(np.asarray(labels, dtype=np.int64)))

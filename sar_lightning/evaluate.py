@@ -12,6 +12,7 @@ Under a Lightning strategy (``trainer.devices=2 trainer.strategy=ddp``) images a
 from __future__ import annotations
 
 import itertools
+import json
 import statistics
 import subprocess
 import sys
@@ -123,14 +124,14 @@ def seconds_per_image(model, num_classes: int, setting: dict, batch: int, repeat
     return statistics.median(times) / batch
 
 
-def settings_grid(cfg: Config, model, ckpt_step: int, ema: bool, extractor: str) -> list[dict]:
+def settings_grid(cfg: Config, kind: str, num_tokens: int, ckpt_step: int, ema: bool, extractor: str) -> list[dict]:
     """Every inference setting the config asks for, as result-row keys (incompatible ones dropped)."""
-    inf, n_tok = cfg.infer, model.num_tokens
-    attn = "full" if model.decoder_attn == "full" else cfg.infer.attn
+    inf = cfg.infer
+    attn = "full" if cfg.model.decoder_attn == "full" else cfg.infer.attn
     rows = []
     for order, k, w, kv in itertools.product(inf.orders or [cfg.train.order], inf.num_steps, inf.cfg_scale,
                                              inf.kv_cache):
-        if model.kind == "gpt" and (order != "raster" or k != n_tok):
+        if kind == "gpt" and (order != "raster" or k != num_tokens or attn != "causal"):
             continue  # the GPT baseline only samples raster next-token
         rows.append(dict(ckpt_step=ckpt_step, ema=ema, infer_order=order, infer_schedule=inf.schedule,
                          num_steps=k, cfg=w, cfg_schedule=inf.cfg_schedule, temperature=inf.temperature,
@@ -139,6 +140,26 @@ def settings_grid(cfg: Config, model, ckpt_step: int, ema: bool, extractor: str)
                          seed=inf.seed))
     unique = {tuple(r[k] for k in SETTING_KEYS): r for r in rows}  # kv_cache may collapse under full attn
     return list(unique.values())
+
+
+def pending_settings(run_dir: str | Path, overrides: list[str] | tuple = ()) -> int | None:
+    """How many settings of this evaluation are missing from a finished run's results, without
+    loading the model (None when that cannot be told: unfinished run or another checkpoint)."""
+    from .data import data_info
+    from .model import MODELS
+
+    run_dir = Path(run_dir)
+    done = run_dir / "done.json"
+    cfg = load_config(run_dir / "config.yaml", overrides)
+    if not done.exists() or cfg.infer.ckpt != "last":
+        return None
+    info = data_info(cfg.data)
+    step = json.loads(done.read_text())["global_step"]
+    ema = cfg.infer.ema and cfg.train.ema_decay > 0
+    kind = MODELS[cfg.model.name].get("kind", "fmt")
+    grid = settings_grid(cfg, kind, info["height"] * info["width"], step, ema, extractor_name(cfg.data.name))
+    have = {_setting_id(r) for r in read_jsonl(run_dir / RESULTS)}
+    return sum(_setting_id(s) not in have for s in grid)
 
 
 def _setting_id(row: dict) -> tuple:
@@ -186,7 +207,8 @@ def evaluate(run_dir: str | Path, overrides: list[str] | tuple = ()) -> list[dic
     tokenizer = decoder_for(cfg.data)
     extractor = get_extractor(cfg).to(fabric.device)
     done = {_setting_id(r) for r in read_jsonl(run_dir / RESULTS)}
-    todo = [s for s in settings_grid(cfg, model, step, used_ema, extractor.name) if _setting_id(s) not in done]
+    grid = settings_grid(cfg, model.kind, model.num_tokens, step, used_ema, extractor.name)
+    todo = [s for s in grid if _setting_id(s) not in done]
     if fabric.global_rank == 0:
         print(f"[evaluate] {run_dir.name}: {len(todo)} setting(s) to evaluate, {len(done)} already in {RESULTS}")
     if not todo:

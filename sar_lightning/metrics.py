@@ -124,7 +124,9 @@ def metrics_from_features(
     out["num_real"] = n_real
     dim = fake.shape[1]
     if n_fake >= 2 and n_real >= 2:
-        fid = FrechetInceptionDistance(feature=_PrecomputedFeatures(dim), normalize=True).to(fake.device)
+        # sync_on_compute=False: the caller gathered every rank's images already; only one rank computes.
+        fid = FrechetInceptionDistance(feature=_PrecomputedFeatures(dim), normalize=True,
+                                       sync_on_compute=False).to(fake.device)
         fid.update(real, real=True)
         fid.update(fake, real=False)
         out["fd"] = fid.compute().item()
@@ -137,6 +139,7 @@ def metrics_from_features(
                 subsets=kid_subsets,
                 subset_size=min(kid_subset_size, n_fake, n_real),
                 normalize=True,
+                sync_on_compute=False,
             ).to(fake.device)
             kid.update(real, real=True)
             kid.update(fake, real=False)

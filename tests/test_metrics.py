@@ -177,7 +177,6 @@ def test_inception_wrapper_interface_with_stand_in():
     assert result["fd"] > 0 and result["class_acc"] is None and result["extractor"] == "inception"
 
 
-@pytest.mark.slow
 def test_inception_real_class_random_weights(monkeypatch, tmp_path):
     """torch-fidelity's own Inception module, with random weights (nothing downloaded): the wrapper's
     uint8 conversion and the tuple output match what the real class expects."""

@@ -1,0 +1,221 @@
+"""Run a grid of runs: ``python -m sar_lightning.sweep experiments/grids/<grid>.yaml [--profile P] [--jobs N]``.
+
+A grid file names the question, the config files every run starts from, one entry per run (a label
+and ``key: value`` overrides) and the evaluations of every run (override sets for the evaluate
+command). Profiles (``experiments/grids/profiles.yaml``, then the grid's own ``profiles:``) scale it:
+``smoke`` for tests, ``default`` for the embedded digits data, ``paper`` for ImageNet codes on GPUs.
+The string ``N`` in a step-count list means the data's number of tokens.
+
+Finished runs are skipped, interrupted ones resume from their last checkpoint, evaluation only
+samples the settings missing from each run's results. Jobs run as subprocesses (``--jobs`` at once,
+threads split between them) or through submitit (``--launcher slurm`` on a cluster, ``submitit-local``).
+A failed run is reported with its log and does not stop the others.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from omegaconf import OmegaConf
+
+from .config import ConfigError, load_config, run_id, to_yaml
+from .data import data_info
+from .evaluate import pending_settings
+from .files import atomic_write_text
+from .train import run_status
+
+PROFILES = ("smoke", "default", "paper")
+
+
+@dataclass
+class RunSpec:
+    label: str
+    overrides: dict[str, Any] = field(default_factory=dict)
+    gpt: bool = False  # the GPT baseline of the profile's model size (raster, one token per step)
+
+
+@dataclass
+class GridSpec:
+    name: str
+    question: str
+    defaults: list[str]
+    runs: list[RunSpec]
+    evals: list[dict[str, Any]] = field(default_factory=lambda: [{}])
+    profiles: dict[str, Any] = field(default_factory=dict)  # profile -> {train: {...}, eval: {...}}
+    slurm: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Job:
+    label: str
+    run_id: str
+    run_dir: str
+    evals: list[list[str]]  # one override list per evaluate call
+    threads: int
+    status: str = "new"
+
+
+def load_grid(path: str | Path) -> GridSpec:
+    try:
+        grid = OmegaConf.merge(OmegaConf.structured(GridSpec), OmegaConf.load(path))
+        return OmegaConf.to_object(grid)
+    except Exception as err:  # OmegaConf's errors name the key
+        raise ConfigError(f"grid {path}: {err}") from None
+
+
+def _dotlist(overrides: dict, num_tokens: int | None = None) -> list[str]:
+    out = []
+    for key, value in overrides.items():
+        if isinstance(value, list) and num_tokens is not None:
+            value = [num_tokens if v == "N" else v for v in value]
+        out.append(f"{key}={json.dumps(value)}")
+    return out
+
+
+def experiments_root(grid_path: Path) -> Path:
+    """The ``experiments/`` folder a grid's ``defaults`` refer to: the nearest one holding base.yaml
+    above the grid file, else the one shipped beside the package."""
+    for parent in grid_path.resolve().parents:
+        if (parent / "base.yaml").exists():
+            return parent
+    return Path(__file__).resolve().parents[1] / "experiments"
+
+
+def _profile(grid: GridSpec, profile: str, experiments: Path) -> tuple[dict, dict]:
+    """Run overrides and eval overrides of a profile: grids/profiles.yaml first, then the grid's own."""
+    if profile not in PROFILES:
+        raise ConfigError(f"unknown profile {profile!r}; valid profiles: {', '.join(PROFILES)}")
+    shared_file = experiments / "grids" / "profiles.yaml"
+    shared = OmegaConf.load(shared_file) if shared_file.exists() else {}
+    merged = OmegaConf.merge(shared.get(profile, {}), grid.profiles.get(profile, {}))
+    tree = OmegaConf.to_container(merged)
+    return tree.get("train", {}) or {}, tree.get("eval", {}) or {}
+
+
+def expand(grid_path: str | Path, profile: str = "default", root: str | None = None, jobs: int = 1,
+           extra: list[str] | tuple = ()) -> tuple[GridSpec, list[Job]]:
+    """Grid file -> validated jobs. Every run config is checked before any work starts."""
+    grid_path = Path(grid_path)
+    grid = load_grid(grid_path)
+    experiments = experiments_root(grid_path)
+    run_over, eval_over = _profile(grid, profile, experiments)
+    threads = max(1, (os.cpu_count() or 1) // max(1, jobs))
+    out, seen = [], {}
+    for spec in grid.runs:
+        # 1) the base files, 2) the profile, 3) the run, 4) the command line, 5) the main evaluation.
+        overrides = [*_dotlist(run_over), *_dotlist(spec.overrides), *extra]
+        if root is not None:
+            overrides.append(f"root={root}")
+        cfg = load_config(None, overrides, defaults=grid.defaults, experiments=experiments)
+        if spec.gpt:
+            overrides += [f"model.name=gpt-{cfg.model.name}", "train.order=raster", "train.schedule=ar"]
+            cfg = load_config(None, overrides, defaults=grid.defaults, experiments=experiments)
+        info = data_info(cfg.data)
+        n_tok = info["height"] * info["width"]
+        evals = [_dotlist({**eval_over, **e}, n_tok) for e in (grid.evals or [{}])]
+        cfg = load_config(None, [*overrides, *evals[0]], defaults=grid.defaults, experiments=experiments)
+        rid = run_id(cfg)
+        if rid in seen:
+            raise ConfigError(f"grid {grid.name}: runs {seen[rid]!r} and {spec.label!r} are the same run ({rid})")
+        seen[rid] = spec.label
+        run_dir = Path(cfg.root) / rid
+        atomic_write_text(run_dir / "config.yaml", to_yaml(cfg))  # evaluation settings may change
+        out.append(Job(spec.label, rid, str(run_dir), evals, threads, run_status(run_dir)))
+    return grid, out
+
+
+def run_job(job: Job) -> dict:
+    """Train (or resume, or skip) one run, then evaluate it; each step a subprocess with its own log."""
+    run_dir = Path(job.run_dir)
+    log = run_dir / "sweep.log"
+    env = {**os.environ, "OMP_NUM_THREADS": str(job.threads), "MKL_NUM_THREADS": str(job.threads)}
+    start, status = time.time(), run_status(run_dir)
+    commands = [] if status == "done" else [[sys.executable, "-m", "sar_lightning.train", str(run_dir / "config.yaml"),
+                                             f"threads={job.threads}", "trainer.enable_progress_bar=false"]]
+    commands += [[sys.executable, "-m", "sar_lightning.evaluate", str(run_dir), f"threads={job.threads}", *e]
+                 for e in job.evals if status != "done" or pending_settings(run_dir, e) != 0]
+    with open(log, "a") as f:
+        for cmd in commands:
+            f.write(f"\n$ {' '.join(cmd)}\n")
+            f.flush()
+            code = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, env=env).returncode
+            if code != 0:
+                return {"run_id": job.run_id, "label": job.label, "status": "failed", "log": str(log),
+                        "seconds": time.time() - start, "was": status}
+    outcome = {"done": "skipped (done)", "partial": "resumed", "new": "trained"}[status]
+    return {"run_id": job.run_id, "label": job.label, "status": outcome, "log": str(log),
+            "seconds": time.time() - start, "was": status}
+
+
+def launch(jobs: list[Job], n_parallel: int, launcher: str, folder: Path, slurm: dict) -> list[dict]:
+    """Run the jobs locally in parallel subprocesses, or submit them through submitit."""
+    if launcher == "local":
+        with ThreadPoolExecutor(max_workers=max(1, n_parallel)) as pool:
+            return list(pool.map(run_job, jobs))
+    import submitit
+
+    if launcher == "slurm":
+        executor = submitit.AutoExecutor(folder=str(folder), cluster="slurm")
+    elif launcher == "submitit-local":
+        executor = submitit.LocalExecutor(folder=str(folder))
+    else:
+        raise ConfigError(f"unknown launcher {launcher!r}; valid: local, submitit-local, slurm")
+    executor.update_parameters(**({"timeout_min": 60 * 24} | slurm) if launcher == "slurm" else {"timeout_min": 600})
+    submitted = [executor.submit(run_job, job) for job in jobs]
+    results = []
+    for job, sub in zip(jobs, submitted):
+        try:
+            results.append(sub.result())
+        except Exception as err:  # a crashed job is reported, the others go on
+            results.append({"run_id": job.run_id, "label": job.label, "status": "failed",
+                            "log": str(sub.paths.stderr), "error": str(err)[-500:], "seconds": 0.0})
+    return results
+
+
+def sweep(grid_path, profile="default", jobs=None, root=None, launcher="local", extra=()) -> list[dict]:
+    jobs = jobs or max(1, os.cpu_count() or 1)
+    grid, todo = expand(grid_path, profile, root, jobs, extra)
+    root_dir = Path(todo[0].run_dir).parent if todo else Path(root or "runs")
+    print(f"[sweep] {grid.name} ({profile}): {len(todo)} runs, {jobs} at a time via {launcher}: {grid.question}")
+    start = time.time()
+    results = launch(todo, jobs, launcher, root_dir / "sweeps" / "submitit", grid.slurm)
+    manifest = {"grid": grid.name, "profile": profile, "question": grid.question,
+                "runs": [{"run_id": r["run_id"], "label": r["label"], "status": r["status"]} for r in results]}
+    atomic_write_text(root_dir / "sweeps" / f"{grid.name}-{profile}.json", json.dumps(manifest, indent=1))
+    counts = {s: sum(r["status"] == s for r in results) for s in ("skipped (done)", "resumed", "trained", "failed")}
+    for r in results:
+        if r["status"] == "failed":
+            print(f"[sweep] FAILED {r['label']} ({r['run_id']}): see {r['log']}")
+    print(f"[sweep] {grid.name}: " + ", ".join(f"{v} {k}" for k, v in counts.items())
+          + f"; {time.time() - start:.0f} s")
+    return results
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("grid", help="experiments/grids/<grid>.yaml")
+    p.add_argument("--profile", default="default", choices=PROFILES)
+    p.add_argument("--jobs", type=int, default=None, help="runs at once (default: the number of cores)")
+    p.add_argument("--root", default=None, help="run folder root (default: the config's, runs/)")
+    p.add_argument("--launcher", default="local", choices=("local", "submitit-local", "slurm"))
+    p.add_argument("overrides", nargs="*", help="key=value applied to every run")
+    args = p.parse_args(argv)
+    try:
+        results = sweep(args.grid, args.profile, args.jobs, args.root, args.launcher, args.overrides)
+    except (ConfigError, FileNotFoundError) as err:
+        print(f"sweep error: {err}", file=sys.stderr)
+        return 2
+    return 1 if any(r["status"] == "failed" for r in results) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

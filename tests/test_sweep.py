@@ -1,0 +1,133 @@
+"""The sweep runner: grid files, a smoke sweep end to end through the plots, re-runs, resume, failures."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from sar_lightning.config import ConfigError
+from sar_lightning.data import write_codes
+from sar_lightning.files import read_jsonl
+from sar_lightning.sweep import expand, load_grid, main, sweep
+
+REPO = Path(__file__).resolve().parents[1]
+GRIDS = sorted((REPO / "experiments" / "grids").glob("*.yaml"))
+GRIDS = [g for g in GRIDS if g.name != "profiles.yaml"]
+
+
+def _grid(tmp_path: Path, runs: str, name: str = "two", evals: str | None = None) -> Path:
+    evals = evals or "  - {infer.orders: [], infer.num_steps: [1, 4, N]}\n"
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(f"# Question: a test grid\nname: {name}\nquestion: does the sweep run?\n"
+                    f"defaults: [base, infer/default, data/digits]\nruns:\n{runs}evals:\n{evals}")
+    return path
+
+
+TWO_RUNS = ("  - {label: AR, overrides: {train.order: raster, train.schedule: ar, train.num_sets: null}}\n"
+            "  - {label: SAR-TS, overrides: {train.order: random, train.schedule: random, train.num_sets: 4}}\n")
+
+
+@pytest.mark.parametrize("grid", GRIDS, ids=lambda p: p.stem)
+@pytest.mark.parametrize("profile", ["smoke", "default"])
+def test_grid_files_validate(grid, profile, tmp_path):
+    assert grid.read_text().startswith("# Question:")
+    spec, jobs = expand(grid, profile, root=str(tmp_path))
+    assert len(jobs) == len(spec.runs) >= 4
+    assert len({j.run_id for j in jobs}) == len(jobs)
+    for job in jobs:  # every run got its resolved config, with N substituted in the step counts
+        assert (Path(job.run_dir) / "config.yaml").exists()
+        assert all("N" not in arg.split("=")[1] for e in job.evals for arg in e if "num_steps" in arg)
+
+
+def test_paper_profile_says_what_data_is_missing(tmp_path):
+    with pytest.raises(ConfigError, match="imagenet_vq16"):
+        expand(GRIDS[0], "paper", root=str(tmp_path))
+
+
+def test_bad_grid_and_profile_are_rejected(tmp_path):
+    with pytest.raises(ConfigError, match="valid profiles"):
+        expand(_grid(tmp_path, TWO_RUNS), "huge", root=str(tmp_path))
+    bad = _grid(tmp_path, "  - {label: x, overrides: {train.order: zigzag}}\n", name="bad")
+    with pytest.raises(ConfigError, match="valid orders"):
+        expand(bad, "smoke", root=str(tmp_path))
+    with pytest.raises(ConfigError, match="runz"):
+        bad.write_text("name: bad\nquestion: q\ndefaults: [base]\nrunz: []\n")
+        load_grid(bad)
+
+
+def test_smoke_sweep_end_to_end_then_rerun_trains_nothing(tmp_path, capsys):
+    grid, root = _grid(tmp_path, TWO_RUNS), tmp_path / "runs"
+    results = sweep(grid, "smoke", jobs=2, root=str(root))
+    assert sorted(r["status"] for r in results) == ["trained", "trained"]
+    manifest = json.loads((root / "sweeps" / "two-smoke.json").read_text())
+    assert [r["label"] for r in manifest["runs"]] == ["AR", "SAR-TS"]
+    rows = {r["run_id"]: read_jsonl(root / r["run_id"] / "results.jsonl") for r in results}
+    ar, ts = (rows[r["run_id"]] for r in results)
+    assert [r["num_steps"] for r in ar] == [1, 4, 64] and [r["num_steps"] for r in ts] == [1, 4, 64]
+    stamps = {p: p.stat().st_mtime for p in root.rglob("*.ckpt")}
+    again = sweep(grid, "smoke", jobs=2, root=str(root))
+    assert [r["status"] for r in again] == ["skipped (done)"] * 2
+    assert {p: p.stat().st_mtime for p in root.rglob("*.ckpt")} == stamps
+    # Only the new step count is sampled when the grid asks for one more.
+    grid.write_text(grid.read_text().replace("[1, 4, N]", "[1, 2, 4, N]"))
+    sweep(grid, "smoke", jobs=2, root=str(root))
+    assert sorted(r["num_steps"] for r in read_jsonl(root / results[0]["run_id"] / "results.jsonl")) == [1, 2, 4, 64]
+    # ... and the analysis draws from the table.
+    out = tmp_path / "figures"
+    plot = subprocess.run([sys.executable, "analysis/plot_tradeoffs.py", "--root", str(root), "--grid", "two",
+                           "--out", str(out)], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert plot.returncode == 0, plot.stderr[-2000:]
+    assert list(out.glob("*.png")) and list(out.glob("*.pdf")) and list(out.glob("*.md"))
+
+
+def test_a_failed_run_is_reported_and_the_others_finish(tmp_path, capsys):
+    g = np.random.default_rng(0)
+    splits = {s: (g.integers(0, 5, (n, 16)), g.integers(0, 3, n)) for s, n in [("train", 64), ("val", 32)]}
+    codes = write_codes(tmp_path / "broken", splits, height=4, width=4, vocab_size=5, num_classes=3,
+                        tokenizer={"name": "pixel", "levels": 5}, source="test")
+    (codes / "train_codes.npy").write_bytes(b"not a numpy file")  # the config validates; training fails
+    runs = TWO_RUNS + (f"  - {{label: broken, overrides: {{data.name: codes, data.path: {codes}, "
+                       "train.sample_steps: [4], infer.num_steps: [4]}}\n")
+    grid = _grid(tmp_path, runs, name="three", evals="  - {infer.orders: [], infer.num_steps: [4]}\n")
+    assert main([str(grid), "--profile", "smoke", "--jobs", "2", "--root", str(tmp_path / "runs")]) == 1
+    out = capsys.readouterr().out
+    assert "FAILED broken" in out and "sweep.log" in out and "2 trained, 1 failed" in out
+    log = next((tmp_path / "runs").glob("random-16-random_tiny_broken_*/sweep.log"))
+    assert "cannot read codes split" in log.read_text()
+
+
+@pytest.mark.slow
+def test_an_interrupted_sweep_resumes(tmp_path):
+    grid, root = _grid(tmp_path, TWO_RUNS), tmp_path / "runs"
+    cmd = [sys.executable, "-m", "sar_lightning.sweep", str(grid), "--profile", "smoke", "--jobs", "1",
+           "--root", str(root), "train.max_steps=200", "train.ckpt_every=10"]
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    deadline = time.time() + 240
+    while time.time() < deadline and not list(root.glob("random-4-*/checkpoints/step000020.ckpt")):
+        time.sleep(0.2)
+    import os
+
+    os.killpg(proc.pid, signal.SIGKILL)  # the sweep and its training subprocess
+    proc.wait()
+    assert len(list(root.glob("*/done.json"))) == 1, "the first run should have finished"
+    out = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "1 skipped (done), 1 resumed, 0 trained, 0 failed" in out.stdout
+    assert len(list(root.glob("*/done.json"))) == 2
+
+
+@pytest.mark.slow
+def test_submitit_local_executor_runs_the_same_jobs(tmp_path):
+    grid, root = _grid(tmp_path, TWO_RUNS.splitlines(keepends=True)[0], name="one"), tmp_path / "runs"
+    results = sweep(grid, "smoke", jobs=1, root=str(root), launcher="submitit-local")
+    assert [r["status"] for r in results] == ["trained"]
+    assert read_jsonl(root / results[0]["run_id"] / "results.jsonl")
+    assert list((root / "sweeps" / "submitit").iterdir())  # submitit's own job folders
