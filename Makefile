@@ -4,7 +4,14 @@ PY := $(VENV)/bin/python
 # The environment is rebuilt when pyproject.toml or the checkout folder changes (editable install).
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha1sum | cut -c1-10)-$(shell echo $(CURDIR) | sha1sum | cut -c1-6)
 
-.PHONY: help install test lint bench
+PROFILE ?= default
+JOBS ?= $(shell nproc)
+ROOT ?= runs
+SWEEP = $(PY) -m sar_lightning.sweep --profile $(PROFILE) --jobs $(JOBS) --root $(ROOT)
+PLOT = $(PY) analysis/plot_tradeoffs.py --root $(ROOT)
+
+.PHONY: help install test test-fast lint bench bench-train train evaluate sweep-orders sweep-intervals sweep-mar \
+	sweep-spectrum sweep-all plots tb
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
@@ -17,6 +24,9 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP) ## create the virtual environment ($(VENV)) and install the package with its dev extra
 
+test-fast: install ## the tests without the slow ones
+	$(PY) -m pytest -q -m "not slow"
+
 test: install ## run the whole test suite (slow tests included) and ruff
 	$(VENV)/bin/ruff check sar_lightning tests analysis
 	$(PY) -m pytest -q
@@ -26,3 +36,33 @@ lint: install ## ruff on the code
 
 bench: install ## sampling speed: KV cache vs recomputation vs one teacher-forced forward
 	$(PY) -m sar_lightning.bench
+
+bench-train: install ## training throughput (tokens/s) across the spectrum and the GPT baseline
+	$(PY) -m sar_lightning.bench --train
+
+train: install ## one run: make train CONFIG=experiments/smoke.yaml ARGS="train.max_steps=100"
+	$(PY) -m sar_lightning.train $(or $(CONFIG),experiments/smoke.yaml) root=$(ROOT) $(ARGS)
+
+evaluate: install ## evaluate one run: make evaluate RUN=runs/<run_id> ARGS="infer.num_steps=[1,4]"
+	$(PY) -m sar_lightning.evaluate $(RUN) $(ARGS)
+
+sweep-orders: install ## the main job: every order at K = N, FD vs steps + train x inference order matrix
+	$(SWEEP) experiments/grids/orders.yaml $(ARGS) && $(PLOT) --grid orders
+
+sweep-intervals: install ## random order with different training interval schedules and K
+	$(SWEEP) experiments/grids/intervals.yaml $(ARGS) && $(PLOT) --grid intervals
+
+sweep-mar: install ## the MAR end: split sampler, first-set loss, causal vs full decoder attention
+	$(SWEEP) experiments/grids/mar.yaml $(ARGS) && $(PLOT) --grid mar
+
+sweep-spectrum: install ## AR, SAR-TS, MAR, VAR-like and the GPT baseline, KV cache on and off
+	$(SWEEP) experiments/grids/spectrum.yaml $(ARGS) && $(PLOT) --grid spectrum
+
+sweep-all: sweep-orders sweep-intervals sweep-mar sweep-spectrum ## every grid, then the plots of everything
+	$(PLOT)
+
+plots: install ## redraw the figures from the results table (all runs under ROOT)
+	$(PY) analysis/plot_tradeoffs.py --root $(ROOT) $(if $(GRID),--grid $(GRID))
+
+tb: install ## TensorBoard on http://127.0.0.1:6006 over every run
+	$(PY) -m tensorboard.main --logdir $(ROOT) --host 127.0.0.1 --port 6006

@@ -7,7 +7,11 @@ sampler passes each token through the encoder and each query through the decoder
 image at a fixed batch, median of ``--repeats`` after one warm-up call each. Targets: cached K = 16
 within 2x of the forward; the cache at least 4x faster than recomputation at K = 64.
 
-    python -m sar_lightning.bench [--batch 64] [--repeats 3] [--threads N]
+With ``--train`` it measures training throughput instead (tokens per second of one AdamW step,
+forward + backward, at the same batch) for FMT-small as raster-64-ar, random-16-random and
+random-2-mar, and for the GPT baseline of the same width and depth, with ratios to the GPT.
+
+    python -m sar_lightning.bench [--batch 64] [--repeats 3] [--threads N] [--train]
 """
 
 from __future__ import annotations
@@ -81,15 +85,57 @@ def report(t: dict[str, float], batch: int, repeats: int) -> str:
     return "\n".join(lines)
 
 
+TRAIN_SETUPS = {  # name -> (model, order, schedule, K)
+    "raster-64-ar": ("small", "raster", "ar", None),
+    "random-16-random": ("small", "random", "random", 16),
+    "random-2-mar": ("small", "random", "mar", None),
+    "gpt-small (raster)": ("gpt-small", "raster", "ar", None),
+}
+
+
+def measure_training(batch: int = 64, repeats: int = 3) -> dict[str, float]:
+    """Training tokens per second for each of ``TRAIN_SETUPS`` (intervals redrawn every step)."""
+    out = {}
+    for name, (size, order_name, schedule, k) in TRAIN_SETUPS.items():
+        torch.manual_seed(0)
+        model = build_model(size, vocab_size=17, height=8, width=8, first_set_loss=schedule != "mar")
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+        g = torch.Generator().manual_seed(0)
+        tokens = torch.randint(0, 17, (batch, model.num_tokens), generator=g)
+        labels = torch.arange(batch) % 10
+
+        def step():
+            order = make_order(order_name, 8, 8, batch, generator=g)
+            loss, _ = model.loss(tokens, labels, order, make_intervals(schedule, model.num_tokens, k, generator=g))
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+
+        out[name] = batch * model.num_tokens / timed(step, repeats)
+    return out
+
+
+def report_training(t: dict[str, float], batch: int) -> str:
+    gpt = t["gpt-small (raster)"]
+    lines = [f"training throughput, CPU float32, {torch.get_num_threads()} thread(s), batch {batch}, N = 64",
+             "", f"{'setup':>20} | {'tokens/s':>9} | {'vs GPT':>7}", f"{'-' * 20}-+-{'-' * 9}-+-{'-' * 7}"]
+    lines += [f"{name:>20} | {v:>9.0f} | {v / gpt:>6.2f}x" for name, v in t.items()]
+    return "\n".join(lines)
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    parser.add_argument("--train", action="store_true", help="measure training throughput instead")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    print(report(measure(args.batch, args.repeats), args.batch, args.repeats))
+    if args.train:
+        print(report_training(measure_training(args.batch, args.repeats), args.batch))
+    else:
+        print(report(measure(args.batch, args.repeats), args.batch, args.repeats))
 
 
 if __name__ == "__main__":
