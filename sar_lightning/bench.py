@@ -93,24 +93,24 @@ TRAIN_SETUPS = {  # name -> (model, order, schedule, K)
 }
 
 
+def _train_step(model, opt, tokens, labels, order_name, schedule, k, g):
+    order = make_order(order_name, model.height, model.width, len(tokens), generator=g)
+    loss, _ = model.loss(tokens, labels, order, make_intervals(schedule, model.num_tokens, k, generator=g))
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+
+
 def measure_training(batch: int = 64, repeats: int = 3) -> dict[str, float]:
     """Training tokens per second for each of ``TRAIN_SETUPS`` (intervals redrawn every step)."""
     out = {}
     for name, (size, order_name, schedule, k) in TRAIN_SETUPS.items():
         torch.manual_seed(0)
         model = build_model(size, vocab_size=17, height=8, width=8, first_set_loss=schedule != "mar")
-        opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
         g = torch.Generator().manual_seed(0)
         tokens = torch.randint(0, 17, (batch, model.num_tokens), generator=g)
-        labels = torch.arange(batch) % 10
-
-        def step():
-            order = make_order(order_name, 8, 8, batch, generator=g)
-            loss, _ = model.loss(tokens, labels, order, make_intervals(schedule, model.num_tokens, k, generator=g))
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-
+        step = partial(_train_step, model, torch.optim.AdamW(model.parameters(), lr=1e-4), tokens,
+                       torch.arange(batch) % 10, order_name, schedule, k, g)
         out[name] = batch * model.num_tokens / timed(step, repeats)
     return out
 

@@ -34,14 +34,25 @@ SETTING_KEYS = ("ckpt_step", "ema", "infer_order", "infer_schedule", "num_steps"
                 "seed")
 
 
-def extractor_name(data: str) -> str:
-    """Feature extractor of a data set: ``inception`` for ImageNet codes, else its own classifier."""
-    return "inception" if data in ("imagenet", "codes") else f"{data}_cnn"
+def image_dataset(data_cfg) -> str | None:
+    """The registered image data set behind the run's data (a codes folder records its source in the
+    manifest's ``dataset``), or None for other images (an ImageNet folder)."""
+    from .data import read_manifest
+    from .datasets import DATASETS
+
+    name = read_manifest(data_cfg.path).get("dataset") if data_cfg.name == "codes" else data_cfg.name
+    return name if name in DATASETS else None
 
 
-def fd_key(data: str, num_steps: int) -> str:
+def extractor_name(data_cfg) -> str:
+    """One feature extractor per data set: its own classifier (``<data>_cnn``), else ``inception``."""
+    name = image_dataset(data_cfg)
+    return f"{name}_cnn" if name else "inception"
+
+
+def fd_key(extractor: str, num_steps: int) -> str:
     """Scalar tag of the Frechet distance at one step count, e.g. ``eval/fd_digits_cnn/steps_016``."""
-    return f"eval/fd_{extractor_name(data)}/steps_{num_steps:03d}"
+    return f"eval/fd_{extractor}/steps_{num_steps:03d}"
 
 
 def git_sha() -> str:
@@ -157,7 +168,7 @@ def pending_settings(run_dir: str | Path, overrides: list[str] | tuple = ()) -> 
     step = json.loads(done.read_text())["global_step"]
     ema = cfg.infer.ema and cfg.train.ema_decay > 0
     kind = MODELS[cfg.model.name].get("kind", "fmt")
-    grid = settings_grid(cfg, kind, info["height"] * info["width"], step, ema, extractor_name(cfg.data.name))
+    grid = settings_grid(cfg, kind, info["height"] * info["width"], step, ema, extractor_name(cfg.data))
     have = {_setting_id(r) for r in read_jsonl(run_dir / RESULTS)}
     return sum(_setting_id(s) not in have for s in grid)
 
@@ -169,9 +180,8 @@ def _setting_id(row: dict) -> tuple:
 def get_extractor(cfg: Config):
     from .features import get_classifier_extractor, get_inception_extractor
 
-    if extractor_name(cfg.data.name) == "inception":
-        return get_inception_extractor(cfg.infer.inception_weights)
-    return get_classifier_extractor(cfg.data.name, seed=0)
+    name = image_dataset(cfg.data)
+    return get_classifier_extractor(name, seed=0) if name else get_inception_extractor(cfg.infer.inception_weights)
 
 
 def reference_for(cfg: Config):
@@ -181,10 +191,12 @@ def reference_for(cfg: Config):
 
     if cfg.infer.reference_stats:
         return load_reference_stats(cfg.infer.reference_stats), Path(cfg.infer.reference_stats).name
-    if cfg.data.name == "codes":
-        raise ConfigError("codes data needs infer.reference_stats (an .npz with mu, sigma) for its metrics")
-    images, _ = load_images(cfg.data.name, cfg.infer.reference, seed=cfg.data.split_seed)
-    return images, f"{cfg.data.name}:{cfg.infer.reference}"
+    name = image_dataset(cfg.data)
+    if name is None:
+        raise ConfigError("these codes come from no registered image data set: set infer.reference_stats "
+                          "(an .npz with mu and sigma, e.g. ADM's VIRTUAL_imagenet256_labeled.npz)")
+    images, _ = load_images(name, cfg.infer.reference, seed=cfg.data.split_seed)
+    return images, f"{name}:{cfg.infer.reference}"
 
 
 def evaluate(run_dir: str | Path, overrides: list[str] | tuple = ()) -> list[dict]:
@@ -252,7 +264,7 @@ def log_to_tensorboard(run_dir: Path, cfg: Config, rows: list[dict]) -> None:
     writer = SummaryWriter(str(run_dir / "tb"))
     for r in rows:
         default = r["infer_order"] == cfg.train.order and r["cfg"] == 1.0
-        tag = fd_key(cfg.data.name, r["num_steps"]) if default else \
+        tag = fd_key(r["extractor"], r["num_steps"]) if default else \
             f"eval/fd_{r['extractor']}/{r['infer_order']}_cfg{r['cfg']}/steps_{r['num_steps']:03d}"
         writer.add_scalar(tag, r["fd"], r["ckpt_step"])
         writer.add_scalar(f"eval/sec_per_image/kv{int(r['kv_cache'])}/steps_{r['num_steps']:03d}",

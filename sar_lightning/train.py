@@ -27,10 +27,10 @@ from .module import SARLightningModule
 
 def metric_keys(cfg: Config) -> list[str]:
     """Scalars shown as metrics in the HParams tab: training curves and each evaluated step count."""
-    from .evaluate import fd_key
+    from .evaluate import extractor_name, fd_key
 
     keys = ["train/loss", "val/loss", "val/acc"]
-    return keys + [fd_key(cfg.data.name, k) for k in cfg.infer.num_steps]
+    return keys + [fd_key(extractor_name(cfg.data), k) for k in cfg.infer.num_steps]
 
 
 def run_status(run_dir: Path) -> str:

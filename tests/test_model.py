@@ -9,7 +9,6 @@ from sar_lightning.intervals import make_intervals
 from sar_lightning.model import MODELS, build_model, sar_loss
 from sar_lightning.orders import make_order
 
-
 H = W = 8
 N, V = H * W, 17
 # (order, schedule, K): orders and intervals the perturbation tests run over

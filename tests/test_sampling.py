@@ -11,7 +11,6 @@ from sar_lightning.model import build_model
 from sar_lightning.orders import make_order
 from sar_lightning.sampling import cfg_weight, filter_logits, generate, sample_tokens
 
-
 H = W = 8
 N, V = H * W, 17
 
