@@ -161,9 +161,11 @@ class SARDataModule(L.LightningDataModule):
 
 
 def write_codes(folder: str | Path, splits: dict, *, height: int, width: int, vocab_size: int,
-                num_classes: int, tokenizer: dict, source: str) -> Path:
+                num_classes: int, tokenizer: dict, source: str, dataset: str | None = None) -> Path:
     """Write a codes folder: ``splits = {"train": (codes [M, N], labels [M]), ...}`` + manifest.
 
+    ``tokenizer``: how to decode, e.g. ``{"name": "vqvae", "path": ...}``; ``dataset``: the registered
+    image data set the codes come from (evaluation then uses its classifier and real images).
     Written into a temporary sibling folder and renamed into place, so a crash never leaves a
     half-written data set under ``folder``.
     """
@@ -184,7 +186,8 @@ def write_codes(folder: str | Path, splits: dict, *, height: int, width: int, vo
         np.save(tmp / f"{split}_labels.npy", labels.astype(np.int64))
         counts[split] = len(labels)
     manifest = {"format": CODES_FORMAT, "height": height, "width": width, "vocab_size": vocab_size,
-                "num_classes": num_classes, "tokenizer": tokenizer, "source": source, "splits": counts}
+                "num_classes": num_classes, "tokenizer": tokenizer, "source": source, "dataset": dataset,
+                "splits": counts}
     (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1))
     if folder.exists():
         shutil.rmtree(folder)

@@ -107,6 +107,10 @@ class Upsample(nn.Module):
         return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
 
 
+def _mid(ch):  # mid.0, mid.1, mid.2
+    return nn.ModuleList([ResnetBlock(ch, ch), AttnBlock(ch), ResnetBlock(ch, ch)])
+
+
 class Encoder(nn.Module):
     def __init__(self, cfg: LlamaGenVQConfig):
         super().__init__()
@@ -125,7 +129,7 @@ class Encoder(nn.Module):
             if i != len(mult) - 1:
                 block.downsample = Downsample(block_in)
             self.conv_blocks.append(block)
-        self.mid = nn.ModuleList([ResnetBlock(block_in, block_in), AttnBlock(block_in), ResnetBlock(block_in, block_in)])
+        self.mid = _mid(block_in)
         self.norm_out = Normalize(block_in)
         self.conv_out = nn.Conv2d(block_in, cfg.z_channels, 3, padding=1)
 
@@ -149,7 +153,7 @@ class Decoder(nn.Module):
         ch, mult, n = cfg.ch, cfg.ch_mult, cfg.num_res_blocks
         block_in = ch * mult[-1]
         self.conv_in = nn.Conv2d(cfg.z_channels, block_in, 3, padding=1)
-        self.mid = nn.ModuleList([ResnetBlock(block_in, block_in), AttnBlock(block_in), ResnetBlock(block_in, block_in)])
+        self.mid = _mid(block_in)
         self.conv_blocks = nn.ModuleList()
         for i in reversed(range(len(mult))):  # conv_blocks[0] is the lowest resolution
             block = nn.Module()

@@ -6,6 +6,7 @@ The science lives in ``vqvae.py``; this module only wires it to Lightning, the l
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from pathlib import Path
 
 import lightning as L
@@ -27,6 +28,7 @@ class VQVAEModule(L.LightningModule):
 
     def __init__(self, config: VQVAEConfig, lr: float = 1e-3, grid_images: int = 16):
         super().__init__()
+        self.save_hyperparameters({**asdict(config), "lr": lr})  # -> hparams.yaml beside the curves
         self.vqvae = VQVAE(config)
         self.lr, self.grid_images = lr, grid_images
         self._val_counts = None
@@ -123,7 +125,7 @@ def train_vqvae(
         accelerator=accelerator, devices=1, max_steps=max_steps, max_epochs=-1,
         logger=TensorBoardLogger(out_dir, name="tb", version=""),
         val_check_interval=val_every or max(1, max_steps // 4), check_val_every_n_epoch=None,
-        num_sanity_val_steps=0, log_every_n_steps=max(1, min(50, max_steps // 10)),
+        num_sanity_val_steps=0, log_every_n_steps=max(1, min(50, max_steps // 10, len(train_dl))),
         enable_checkpointing=False, enable_progress_bar=progress, enable_model_summary=False,
     )
     trainer.fit(module, train_dl, val_dl)

@@ -156,7 +156,7 @@ class VectorQuantizer(nn.Module):
         # Not all-reduced across processes: single-process training (this project's VQ runs are small).
         d = self.cfg.ema_decay
         self.ema_count.mul_(d).add_(torch.bincount(codes, minlength=self.size).float(), alpha=1 - d)
-        self.ema_sum.mul_(d).index_add_(0, codes, z_flat, alpha=1 - d)
+        self.ema_sum.mul_(d).index_add_(0, codes, z_flat.to(self.ema_sum.dtype), alpha=1 - d)
         n = self.ema_count.sum()
         count = (self.ema_count + 1e-5) / (n + self.size * 1e-5) * n  # Laplace smoothing: no divide by 0
         self.embedding.weight.copy_(self.ema_sum / count[:, None])
@@ -185,7 +185,7 @@ class VectorQuantizer(nn.Module):
         self.embedding.weight[dead] = new.to(self.embedding.weight.dtype)
         if self.ema:
             self.ema_count[dead] = 1.0
-            self.ema_sum[dead] = new
+            self.ema_sum[dead] = new.to(self.ema_sum.dtype)
         return dead.numel()
 
 
