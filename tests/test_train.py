@@ -179,3 +179,10 @@ def test_small_model_validation_loss_drops_on_digits(tmp_path):
                            for i, b in enumerate(dm.val_dataloader())])
     final = json.loads((train(cfg) / "done.json").read_text())["val_loss"]
     assert final < 0.6 * initial, (initial, final)
+
+
+def test_bf16_mixed_precision_from_config(tmp_path):
+    cfg = load_config(SMOKE, [f"root={tmp_path}", *FAST, "train.precision=bf16-mixed", "train.max_steps=4"])
+    run = train(cfg)
+    assert json.loads((run / "done.json").read_text())["global_step"] == 4
+    assert np.isfinite(json.loads((run / "done.json").read_text())["val_loss"])
