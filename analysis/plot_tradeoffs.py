@@ -92,7 +92,8 @@ def plot_fd_vs_time(df, out, prefix, question, written):
         d = d.assign(line=_line_key(d))
         fig, ax = plt.subplots(figsize=(7.5, 4.5))
         for (line, kv), g in d.groupby(["line", "kv_cache"]):
-            ax.scatter(g["sec_per_image"], g["fd"], s=28, color=colors[line], label=f"{line}, kv {'on' if kv else 'off'}",
+            kv_text = "on" if kv else "off"
+            ax.scatter(g["sec_per_image"], g["fd"], s=28, color=colors[line], label=f"{line}, kv {kv_text}",
                        marker="o" if kv else "x")
         front = pareto_front(d["sec_per_image"].to_numpy(), d["fd"].to_numpy())
         f = d.iloc[front]
@@ -113,15 +114,16 @@ def plot_order_matrix(df, out, prefix, question, written):
     for ext, d in df[df["cfg"] == 1.0].groupby("extractor"):
         d = d[d["num_steps"] == d["num_steps"].max()].drop_duplicates(["train_order", "infer_order"])
         m = d.pivot_table(index="train_order", columns="infer_order", values="fd")
-        if m.shape[0] < 2 or m.shape[1] < 2:
-            continue
+        if m.shape[0] < 2 or m.notna().sum(axis=1).max() < 2:
+            continue  # no model was sampled in another order than its own: no matrix to draw
         names = [o for o in m.index if o in m.columns] + [o for o in m.columns if o not in m.index]
         m = m.reindex(index=[o for o in names if o in m.index], columns=names)
         fig, ax = plt.subplots(figsize=(1 + 0.9 * m.shape[1], 1 + 0.6 * m.shape[0]))
         im = ax.imshow(np.log10(m.to_numpy()), cmap="viridis_r")
+        mid = np.nanmedian(m.to_numpy())
         for (i, j), v in np.ndenumerate(m.to_numpy()):
             if np.isfinite(v):
-                ax.text(j, i, f"{v:.1f}", ha="center", va="center", fontsize=7, color="w" if v > np.nanmedian(m) else "k")
+                ax.text(j, i, f"{v:.1f}", ha="center", va="center", fontsize=7, color="w" if v > mid else "k")
         ax.set_xticks(range(m.shape[1]), m.columns, rotation=40, ha="right")
         ax.set_yticks(range(m.shape[0]), m.index)
         ax.set_xlabel("inference order")
@@ -134,9 +136,8 @@ def plot_order_matrix(df, out, prefix, question, written):
 
 def plot_mar_ablation(df, out, prefix, question, written):
     d = _own_order(df)
-    d = d[d["grids"].fillna("").str.contains("mar")] if "grids" in d and d["grids"].fillna("").str.contains("mar").any() \
-        else pd.DataFrame()
-    for ext, e in d.groupby("extractor") if len(d) else []:
+    d = d[d["grids"].fillna("").str.split(",").apply(lambda g: "mar" in g)]
+    for ext, e in d.groupby("extractor"):
         e = e.assign(line=_line_key(e)).drop_duplicates(["line", "num_steps"])
         table = e.pivot_table(index="num_steps", columns="line", values="fd")
         fig, ax = plt.subplots(figsize=(8, 4.5))
@@ -149,19 +150,24 @@ def plot_mar_ablation(df, out, prefix, question, written):
         _save(fig, out, f"{prefix}mar_ablation_{ext}", written)
 
 
+def _seconds(g: pd.DataFrame, k: int, kv: bool) -> float | None:
+    s = g[(g["num_steps"] == k) & (g["kv_cache"] == kv)]["sec_per_image"]
+    return float(s.iloc[0]) if len(s) else None
+
+
 def summary_table(df: pd.DataFrame, question: str | None) -> str:
     lines = [f"# {question}\n" if question else "# Results summary\n"]
+    header = ("| run | samples | best fd (at K) | fd at max K | sec/img cached, min K / max K | uncached, max K "
+              "| cache speed-up at max K |")
     for ext, d in df.groupby("extractor"):
         own = _own_order(d).assign(line=lambda x: _line_key(x))
-        lines += [f"## {fd_label(ext)}\n", "| run | samples | best fd (at K) | fd at max K | sec/img cached, min K / max K "
-                  "| uncached, max K | cache speed-up at max K |", "|---|---|---|---|---|---|---|"]
+        lines += [f"## {fd_label(ext)}\n", header, "|---|---|---|---|---|---|---|"]
         for line, g in own.groupby("line", sort=False):
             best = g.loc[g["fd"].idxmin()]
             kmax, kmin = g["num_steps"].max(), g["num_steps"].min()
-            at = lambda k, kv: g[(g["num_steps"] == k) & (g["kv_cache"] == kv)]["sec_per_image"]  # noqa: E731
-            c_min, c_max, u_max = at(kmin, True), at(kmax, True), at(kmax, False)
-            fmt = lambda s: f"{s.iloc[0]:.5f}" if len(s) else "-"  # noqa: E731
-            speed = f"{u_max.iloc[0] / c_max.iloc[0]:.1f}x" if len(u_max) and len(c_max) else "-"
+            c_min, c_max, u_max = _seconds(g, kmin, True), _seconds(g, kmax, True), _seconds(g, kmax, False)
+            fmt = lambda s: "-" if s is None else f"{s:.5f}"  # noqa: E731
+            speed = f"{u_max / c_max:.1f}x" if u_max and c_max else "-"
             fd_max = g[g["num_steps"] == kmax]["fd"].min()
             lines.append(f"| {line} | {int(g['num_samples'].max())} | {best['fd']:.2f} ({int(best['num_steps'])}) | "
                          f"{fd_max:.2f} | {fmt(c_min)} / {fmt(c_max)} | {fmt(u_max)} | {speed} |")
