@@ -171,6 +171,13 @@ def summary_table(df: pd.DataFrame, question: str | None) -> str:
             fd_max = g[g["num_steps"] == kmax]["fd"].min()
             lines.append(f"| {line} | {int(g['num_samples'].max())} | {best['fd']:.2f} ({int(best['num_steps'])}) | "
                          f"{fd_max:.2f} | {fmt(c_min)} / {fmt(c_max)} | {fmt(u_max)} | {speed} |")
+        by_steps = own.drop_duplicates(["line", "num_steps"]).pivot_table(index="line", columns="num_steps",
+                                                                          values="fd")
+        lines += ["", "fd by inference steps K (own order, cfg 1):", "",
+                  "| run | " + " | ".join(f"K={k}" for k in by_steps.columns) + " |",
+                  "|---|" + "---|" * by_steps.shape[1]]
+        lines += [f"| {line} | " + " | ".join("-" if np.isnan(v) else f"{v:.1f}" for v in row) + " |"
+                  for line, row in zip(by_steps.index, by_steps.to_numpy())]
         lines.append("")
     return "\n".join(lines)
 
