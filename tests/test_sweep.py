@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -105,23 +106,28 @@ def test_a_failed_run_is_reported_and_the_others_finish(tmp_path, capsys):
 
 @pytest.mark.slow
 def test_an_interrupted_sweep_resumes(tmp_path):
-    grid, root = _grid(tmp_path, TWO_RUNS), tmp_path / "runs"
-    cmd = [sys.executable, "-m", "sar_lightning.sweep", str(grid), "--profile", "smoke", "--jobs", "1",
-           "--root", str(root), "train.max_steps=200", "train.ckpt_every=10"]
+    # A short AR run and a longer SAR-TS run side by side: kill the sweep once the first is done and
+    # the second has a checkpoint; the same command then skips the first and resumes the second.
+    runs = ("  - {label: AR, overrides: {train.order: raster, train.schedule: ar, train.num_sets: null, "
+            "train.max_steps: 12}}\n"
+            "  - {label: SAR-TS, overrides: {train.order: random, train.schedule: random, train.num_sets: 4, "
+            "train.max_steps: 200, train.ckpt_every: 10, train.val_every: 100}}\n")
+    grid, root = _grid(tmp_path, runs), tmp_path / "runs"
+    cmd = [sys.executable, "-m", "sar_lightning.sweep", str(grid), "--profile", "smoke", "--jobs", "2",
+           "--root", str(root)]
     proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             start_new_session=True)
-    deadline = time.time() + 240
-    while time.time() < deadline and not list(root.glob("random-4-*/checkpoints/step000020.ckpt")):
+    deadline = time.time() + 600
+    while time.time() < deadline and not (list(root.glob("raster-*/done.json"))
+                                          and list(root.glob("random-4-*/checkpoints/step000020.ckpt"))):
         time.sleep(0.2)
-    import os
-
-    os.killpg(proc.pid, signal.SIGKILL)  # the sweep and its training subprocess
+    os.killpg(proc.pid, signal.SIGKILL)  # the sweep and its training subprocesses
     proc.wait()
-    assert len(list(root.glob("*/done.json"))) == 1, "the first run should have finished"
-    out = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert list(root.glob("raster-*/done.json")) and not list(root.glob("random-4-*/done.json"))
+    out = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=900)
     assert out.returncode == 0, out.stderr[-2000:]
     assert "1 skipped (done), 1 resumed, 0 trained, 0 failed" in out.stdout
-    assert len(list(root.glob("*/done.json"))) == 2
+    assert json.loads(next(root.glob("random-4-*/done.json")).read_text())["global_step"] == 200
 
 
 @pytest.mark.slow
