@@ -7,11 +7,15 @@ STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha1sum | cut -c1-10)-$
 PROFILE ?= default
 JOBS ?= $(shell nproc)
 ROOT ?= runs
-SWEEP = $(PY) -m sar_lightning.sweep --profile $(PROFILE) --jobs $(JOBS) --root $(ROOT)
+SWEEP = $(PY) -m sar_lightning.sweep --profile $(PROFILE) --jobs $(JOBS) --root $(ROOT) $(if $(DATA),--data $(DATA))
 PLOT = $(PY) analysis/plot_tradeoffs.py --root $(ROOT)
+# DATA=fashion_mnist moves a sweep onto Fashion-MNIST VQ codes (experiments/grids/data/), extracted first.
+FASHION_VQ := data/tokenizers/fashion_mnist_vq7
+FASHION_CODES := data/fashion_mnist_vq7
+DATA_PREP := $(if $(filter fashion_mnist,$(DATA)),tokenize-fashion)
 
 .PHONY: help install test test-fast lint bench bench-train train evaluate sweep-orders sweep-intervals sweep-mar \
-	sweep-spectrum sweep-all plots tb
+	sweep-spectrum sweep-all plots tb vq-fashion tokenize-fashion
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
@@ -46,17 +50,23 @@ train: install ## one run: make train CONFIG=experiments/smoke.yaml ARGS="train.
 evaluate: install ## evaluate one run: make evaluate RUN=runs/<run_id> ARGS="infer.num_steps=[1,4]"
 	$(PY) -m sar_lightning.evaluate $(RUN) $(ARGS)
 
-sweep-orders: install ## the main job: every order at K = N, FD vs steps + train x inference order matrix
+sweep-orders: install $(DATA_PREP) ## the main job: every order at K = N, FD vs steps + train x inference order matrix (DATA=fashion_mnist: on VQ codes)
 	$(SWEEP) experiments/grids/orders.yaml $(ARGS) && $(PLOT) --grid orders
 
-sweep-intervals: install ## random order with different training interval schedules and K
+sweep-intervals: install $(DATA_PREP) ## random order with different training interval schedules and K
 	$(SWEEP) experiments/grids/intervals.yaml $(ARGS) && $(PLOT) --grid intervals
 
-sweep-mar: install ## the MAR end: split sampler, first-set loss, causal vs full decoder attention
+sweep-mar: install $(DATA_PREP) ## the MAR end: split sampler, first-set loss, causal vs full decoder attention
 	$(SWEEP) experiments/grids/mar.yaml $(ARGS) && $(PLOT) --grid mar
 
-sweep-spectrum: install ## AR, SAR-TS, MAR, VAR-like and the GPT baseline, KV cache on and off
+sweep-spectrum: install $(DATA_PREP) ## AR, SAR-TS, MAR, VAR-like and the GPT baseline, KV cache on and off
 	$(SWEEP) experiments/grids/spectrum.yaml $(ARGS) && $(PLOT) --grid spectrum
+
+vq-fashion: install ## train the Fashion-MNIST VQ-VAE (28x28 -> 7x7 codes, 256 entries) into data/tokenizers/fashion_mnist_vq7
+	$(PY) -m sar_lightning.tokenizers.train_vq --data fashion_mnist --out $(FASHION_VQ) --grid 7 --codebook-size 256 --max-steps 1000 --threads $(JOBS)
+
+tokenize-fashion: vq-fashion ## Fashion-MNIST as 7x7 VQ codes in data/fashion_mnist_vq7 (skipped when up to date)
+	$(PY) -m sar_lightning.tokenize --data fashion_mnist --tokenizer vqvae:$(FASHION_VQ)/vqvae.pt --out $(FASHION_CODES) --threads $(JOBS)
 
 sweep-all: sweep-orders sweep-intervals sweep-mar sweep-spectrum ## every grid, then the plots of everything
 	$(PLOT)

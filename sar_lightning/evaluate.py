@@ -177,6 +177,15 @@ def _setting_id(row: dict) -> tuple:
     return tuple(row.get(k) for k in SETTING_KEYS)
 
 
+def missing_decoder(data_cfg) -> str:
+    """Why a codes folder's samples cannot be turned into images here (its tokenizer file is missing)."""
+    from .data import read_manifest
+
+    tok = read_manifest(data_cfg.path).get("tokenizer", {})
+    return (f"the tokenizer of {data_cfg.path} ({tok.get('name')}) is not at {tok.get('path')!r}; put its "
+            f"weights there or correct tokenizer.path in {Path(data_cfg.path) / 'manifest.json'}")
+
+
 def get_extractor(cfg: Config):
     from .features import get_classifier_extractor, get_inception_extractor
 
@@ -225,6 +234,8 @@ def evaluate(run_dir: str | Path, overrides: list[str] | tuple = ()) -> list[dic
         print(f"[evaluate] {run_dir.name}: {len(todo)} setting(s) to evaluate, {len(done)} already in {RESULTS}")
     if not todo:
         return []
+    if tokenizer is None:  # a codes folder whose tokenizer weights are not on this machine
+        raise FileNotFoundError(f"cannot decode samples: {missing_decoder(cfg.data)}")
     real, reference = reference_for(cfg)
     written, world, rank = [], fabric.world_size, fabric.global_rank
     per_rank = -(-cfg.infer.num_samples // world)  # ceil: pad so every rank gathers the same shape

@@ -4,6 +4,8 @@ A grid file names the question, the config files every run starts from, one entr
 and ``key: value`` overrides) and the evaluations of every run (override sets for the evaluate
 command). Profiles (``experiments/grids/profiles.yaml``, then the grid's own ``profiles:``) scale it:
 ``smoke`` for tests, ``default`` for the embedded digits data, ``paper`` for ImageNet codes on GPUs.
+``--data NAME`` then merges the data overlay ``experiments/grids/data/NAME.yaml`` (the same layout,
+per profile ``train:``/``eval:``), which moves any grid onto another data set (``fashion_mnist``).
 The string ``N`` in a step-count list means the data's number of tokens.
 
 Finished runs are skipped, interrupted ones resume from their last checkpoint, evaluation only
@@ -90,28 +92,36 @@ def experiments_root(grid_path: Path) -> Path:
     return Path(__file__).resolve().parents[1] / "experiments"
 
 
-def _profile(grid: GridSpec, profile: str, experiments: Path) -> tuple[dict, dict]:
-    """Run overrides and eval overrides of a profile: grids/profiles.yaml first, then the grid's own."""
+def _profile(grid: GridSpec, profile: str, experiments: Path, data: str | None = None) -> tuple[dict, dict]:
+    """Run overrides and eval overrides of a profile: grids/profiles.yaml first, then the grid's own,
+    then the data overlay ``grids/data/<data>.yaml``."""
     if profile not in PROFILES:
         raise ConfigError(f"unknown profile {profile!r}; valid profiles: {', '.join(PROFILES)}")
     shared_file = experiments / "grids" / "profiles.yaml"
     shared = OmegaConf.load(shared_file) if shared_file.exists() else {}
-    merged = OmegaConf.merge(shared.get(profile, {}), grid.profiles.get(profile, {}))
+    overlay = {}
+    if data is not None:
+        overlay_file = experiments / "grids" / "data" / f"{data}.yaml"
+        if not overlay_file.exists():
+            valid = sorted(f.stem for f in overlay_file.parent.glob("*.yaml"))
+            raise ConfigError(f"no data overlay {overlay_file}; valid --data names: {', '.join(valid) or 'none'}")
+        overlay = OmegaConf.load(overlay_file)
+    merged = OmegaConf.merge(shared.get(profile, {}), grid.profiles.get(profile, {}), overlay.get(profile, {}))
     tree = OmegaConf.to_container(merged)
     return tree.get("train", {}) or {}, tree.get("eval", {}) or {}
 
 
 def expand(grid_path: str | Path, profile: str = "default", root: str | None = None, jobs: int = 1,
-           extra: list[str] | tuple = ()) -> tuple[GridSpec, list[Job]]:
+           extra: list[str] | tuple = (), data: str | None = None) -> tuple[GridSpec, list[Job]]:
     """Grid file -> validated jobs. Every run config is checked before any work starts."""
     grid_path = Path(grid_path)
     grid = load_grid(grid_path)
     experiments = experiments_root(grid_path)
-    run_over, eval_over = _profile(grid, profile, experiments)
+    run_over, eval_over = _profile(grid, profile, experiments, data)
     threads = max(1, (os.cpu_count() or 1) // max(1, jobs))
     out, seen = [], {}
     for spec in grid.runs:
-        # 1) the base files, 2) the profile, 3) the run, 4) the command line, 5) the main evaluation.
+        # 1) the base files, 2) the profile + data overlay, 3) the run, 4) the command line, 5) the main evaluation.
         overrides = [*_dotlist(run_over), *_dotlist(spec.overrides), *extra]
         if root is not None:
             overrides.append(f"root={root}")
@@ -181,16 +191,17 @@ def launch(jobs: list[Job], n_parallel: int, launcher: str, folder: Path, slurm:
     return results
 
 
-def sweep(grid_path, profile="default", jobs=None, root=None, launcher="local", extra=()) -> list[dict]:
+def sweep(grid_path, profile="default", jobs=None, root=None, launcher="local", extra=(), data=None) -> list[dict]:
     jobs = jobs or max(1, os.cpu_count() or 1)
-    grid, todo = expand(grid_path, profile, root, jobs, extra)
+    grid, todo = expand(grid_path, profile, root, jobs, extra, data)
     root_dir = Path(todo[0].run_dir).parent if todo else Path(root or "runs")
-    print(f"[sweep] {grid.name} ({profile}): {len(todo)} runs, {jobs} at a time via {launcher}: {grid.question}")
+    tag = f"{profile}-{data}" if data else profile  # one manifest per (grid, profile, data overlay)
+    print(f"[sweep] {grid.name} ({tag}): {len(todo)} runs, {jobs} at a time via {launcher}: {grid.question}")
     start = time.time()
     results = launch(todo, jobs, launcher, root_dir / "sweeps" / "submitit", grid.slurm)
-    manifest = {"grid": grid.name, "profile": profile, "question": grid.question,
+    manifest = {"grid": grid.name, "profile": profile, "data": data, "question": grid.question,
                 "runs": [{"run_id": r["run_id"], "label": r["label"], "status": r["status"]} for r in results]}
-    atomic_write_text(root_dir / "sweeps" / f"{grid.name}-{profile}.json", json.dumps(manifest, indent=1))
+    atomic_write_text(root_dir / "sweeps" / f"{grid.name}-{tag}.json", json.dumps(manifest, indent=1))
     counts = {s: sum(r["status"] == s for r in results) for s in ("skipped (done)", "resumed", "trained", "failed")}
     for r in results:
         if r["status"] == "failed":
@@ -207,10 +218,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--jobs", type=int, default=None, help="runs at once (default: the number of cores)")
     p.add_argument("--root", default=None, help="run folder root (default: the config's, runs/)")
     p.add_argument("--launcher", default="local", choices=("local", "submitit-local", "slurm"))
+    p.add_argument("--data", default=None, help="a data overlay of experiments/grids/data/ (e.g. fashion_mnist)")
     p.add_argument("overrides", nargs="*", help="key=value applied to every run")
-    args = p.parse_args(argv)
+    args = p.parse_intermixed_args(argv)  # options may follow the key=value overrides, and vice versa
     try:
-        results = sweep(args.grid, args.profile, args.jobs, args.root, args.launcher, args.overrides)
+        results = sweep(args.grid, args.profile, args.jobs, args.root, args.launcher, args.overrides, args.data)
     except (ConfigError, FileNotFoundError) as err:
         print(f"sweep error: {err}", file=sys.stderr)
         return 2

@@ -58,7 +58,12 @@ def train(cfg: Config) -> Path:
     L.seed_everything(cfg.train.seed, workers=True, verbose=False)
     t, tr = cfg.train, cfg.trainer
     module = SARLightningModule(to_dict(cfg), info)
-    callbacks = [SampleGrids(decoder_for(cfg.data), run_dir, t.sample_steps, t.order, cfg.infer.schedule),
+    decoder = decoder_for(cfg.data)
+    if decoder is None:
+        from .evaluate import missing_decoder
+
+        print(f"[train] no sample grids: {missing_decoder(cfg.data)}")
+    callbacks = [SampleGrids(decoder, run_dir, t.sample_steps, t.order, cfg.infer.schedule),
                  HParamsDeclaration(flat_hparams(to_dict(cfg)), metric_keys(cfg)),
                  LearningRateMonitor(logging_interval="step")]
     if t.ema_decay > 0:

@@ -32,14 +32,26 @@ def _codes_folder(tmp_path: Path) -> Path:
                        tokenizer={"name": "pixel", "levels": 5}, source="random test codes")
 
 
+def _data_overrides(path: Path, tmp_path: Path) -> list[str]:
+    """A tmp codes folder for configs that read one: ImageNet-shaped (16x16, vocabulary 16384, 1000
+    classes) under experiments/imagenet/, the toy one for files named *codes*."""
+    if "imagenet" in path.parts:
+        g = np.random.default_rng(0)
+        splits = {s: (g.integers(0, 16384, (8, 256)), np.arange(8)) for s in ("train", "val")}
+        folder = write_codes(tmp_path / "imagenet_vq16", splits, height=16, width=16, vocab_size=16384,
+                             num_classes=1000, tokenizer={"name": "llamagen_vq16", "path": "missing.pt"},
+                             source="random ImageNet-shaped test codes")
+        return [f"data.path={folder}"]
+    return [f"data.path={_codes_folder(tmp_path)}"] if "codes" in path.name else []
+
+
 def _yaml_files():
     return sorted(p for p in (REPO / "experiments").rglob("*.yaml") if "grids" not in p.parts)
 
 
 @pytest.mark.parametrize("path", _yaml_files(), ids=lambda p: str(p.relative_to(REPO / "experiments")))
 def test_every_experiment_yaml_loads(path, tmp_path):
-    extra = [f"data.path={_codes_folder(tmp_path)}"] if "codes" in path.name else []
-    cfg = load_config(path, extra)
+    cfg = load_config(path, _data_overrides(path, tmp_path))
     assert run_id(cfg)
 
 
