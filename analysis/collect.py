@@ -15,14 +15,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import yaml
+
+from sar_lightning.files import atomic_write
 
 # The schema's defaults (sar_lightning/config.py ModelSection), for run folders without a config.yaml.
 MODEL_DEFAULTS = {"decoder_attn": "block_causal", "first_set_loss": True}
@@ -131,23 +131,14 @@ def _tidy(df: pd.DataFrame) -> pd.DataFrame:
     return df
 
 
-def _atomic(path: Path, write) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)  # readers see the old table or the new one, never half of one
-    finally:
-        Path(tmp).unlink(missing_ok=True)
 
 
 def write_table(df: pd.DataFrame, out: str | Path) -> tuple[Path, Path]:
     """``<out>.parquet`` and ``<out>.csv`` (``out`` without a suffix), each replaced in one rename."""
     out = str(out).removesuffix(".parquet").removesuffix(".csv")
     parquet, csv = Path(out + ".parquet"), Path(out + ".csv")
-    _atomic(parquet, lambda p: df.to_parquet(p, index=False))
-    _atomic(csv, lambda p: df.to_csv(p, index=False))
+    atomic_write(parquet, lambda p: df.to_parquet(p, index=False))
+    atomic_write(csv, lambda p: df.to_csv(p, index=False))
     return parquet, csv
 
 

@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .datasets import dataset_info, load_images
+from .files import atomic_write
 
 CACHE_ENV = "SAR_CACHE"
 CLASSIFIER_VERSION = 2  # bump when the architecture or the recipe changes: old cache files are ignored
@@ -177,12 +178,6 @@ def classifier_cache_paths(dataset: str, seed: int = 0, cache_root=None) -> tupl
     return stem.with_suffix(".pt"), stem.with_suffix(".json")
 
 
-def _atomic_write(path: Path, write) -> None:
-    # Write then rename, so a parallel reader never sees half a file.
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    write(tmp)
-    os.replace(tmp, path)
-
 
 def get_classifier_extractor(dataset: str, seed: int = 0, cache_root=None) -> ClassifierExtractor:
     """The cached classifier extractor for (dataset, seed); trained and cached on the first call.
@@ -198,8 +193,8 @@ def get_classifier_extractor(dataset: str, seed: int = 0, cache_root=None) -> Cl
     else:
         net, record = train_classifier(dataset, seed)
         weights.parent.mkdir(parents=True, exist_ok=True)
-        _atomic_write(weights, lambda p: torch.save(net.state_dict(), p))
-        _atomic_write(record_path, lambda p: p.write_text(json.dumps(record, indent=2) + "\n"))
+        atomic_write(weights, lambda p: torch.save(net.state_dict(), p))
+        atomic_write(record_path, lambda p: p.write_text(json.dumps(record, indent=2) + "\n"))
     net.record = record
     return net
 

@@ -25,7 +25,6 @@ import argparse
 import hashlib
 import io
 import json
-import os
 import shutil
 import sys
 from dataclasses import dataclass
@@ -38,7 +37,7 @@ from tqdm import tqdm
 
 from .data import read_manifest, write_codes
 from .datasets import DATASETS, dataset_info, load_images
-from .files import atomic_write_text
+from .files import atomic_write, atomic_write_text
 from .tokenizers import PixelQuantizer
 
 CHUNK_SIZE = 4096  # images per chunk file: the unit of resumption
@@ -157,9 +156,7 @@ def encode_chunk(tok, part: Part, start: int, stop: int, batch_size: int, worker
 def _save_chunk(path: Path, codes: np.ndarray, labels: np.ndarray) -> None:
     buf = io.BytesIO()
     np.savez(buf, codes=codes, labels=labels)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_bytes(buf.getvalue())
-    os.replace(tmp, path)  # a chunk file exists only complete
+    atomic_write(path, lambda tmp: tmp.write_bytes(buf.getvalue()))  # a chunk file exists only complete
 
 
 def _prepare_partial(partial: Path, job: dict) -> None:

@@ -111,6 +111,15 @@ def _mid(ch):  # mid.0, mid.1, mid.2
     return nn.ModuleList([ResnetBlock(ch, ch), AttnBlock(ch), ResnetBlock(ch, ch)])
 
 
+def _res_attn(block: nn.Module, h):
+    """One resolution level of Encoder or Decoder: its ResnetBlocks, each followed by its AttnBlock if any."""
+    for j, res in enumerate(block.res):
+        h = res(h)
+        if len(block.attn) > 0:
+            h = block.attn[j](h)
+    return h
+
+
 class Encoder(nn.Module):
     def __init__(self, cfg: LlamaGenVQConfig):
         super().__init__()
@@ -136,10 +145,7 @@ class Encoder(nn.Module):
     def forward(self, x):  # (B, 3, H, W) -> (B, z_channels, H/16, W/16)
         h = self.conv_in(x)
         for block in self.conv_blocks:
-            for j, res in enumerate(block.res):
-                h = res(h)
-                if len(block.attn) > 0:
-                    h = block.attn[j](h)
+            h = _res_attn(block, h)
             if hasattr(block, "downsample"):
                 h = block.downsample(h)
         for m in self.mid:
@@ -174,10 +180,7 @@ class Decoder(nn.Module):
         for m in self.mid:
             h = m(h)
         for block in self.conv_blocks:
-            for j, res in enumerate(block.res):
-                h = res(h)
-                if len(block.attn) > 0:
-                    h = block.attn[j](h)
+            h = _res_attn(block, h)
             if hasattr(block, "upsample"):
                 h = block.upsample(h)
         return self.conv_out(F.silu(self.norm_out(h)))
