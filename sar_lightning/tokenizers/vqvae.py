@@ -264,15 +264,18 @@ class VQVAE(Tokenizer):
 
 
 def save_vqvae(model: VQVAE, path: str | Path) -> Path:
-    """Write ``{"config", "state_dict"}`` to ``path`` (a .pt file) and the config as JSON beside it."""
+    """Write ``{"config", "state_dict"}`` to ``path`` (a .pt file) and the config as JSON beside it.
+
+    Both are written atomically: an interrupted save never leaves a file that a re-run would skip on."""
     import json
 
+    from ..files import atomic_write, atomic_write_text
+
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     cfg = asdict(model.config)
     cfg["image_size"] = list(cfg["image_size"])
-    torch.save({"config": cfg, "state_dict": model.state_dict()}, path)
-    path.with_suffix(".json").write_text(json.dumps(cfg, indent=2) + "\n")
+    atomic_write(path, lambda tmp: torch.save({"config": cfg, "state_dict": model.state_dict()}, tmp))
+    atomic_write_text(path.with_suffix(".json"), json.dumps(cfg, indent=2) + "\n")
     return path
 
 
