@@ -122,7 +122,7 @@ def _tidy(df: pd.DataFrame) -> pd.DataFrame:
     for col in df.columns:
         values = df[col].dropna()
         if values.map(lambda v: isinstance(v, (list, tuple, dict))).any():
-            # e.g. train_num_sets_range [2, 32]: stored as its JSON text, missing stays missing
+            # e.g. train_num_steps_range [2, 32]: stored as its JSON text, missing stays missing
             df[col] = df[col].map(lambda v: json.dumps(v) if isinstance(v, (list, tuple, dict)) else v)
         elif values.empty and df[col].dtype == object:
             df[col] = df[col].astype(float)  # all None (top_k, top_p unset): a float column of NaN
@@ -156,10 +156,10 @@ def load_table(source: str | Path) -> pd.DataFrame:
 # ---- views of the table that every figure shares ----------------------------------------------------------------
 
 # What makes two rows of one run the same sampler setting (evaluate.SETTING_KEYS, less the sample count).
-SETTING = ("ckpt_step", "ema", "infer_order", "infer_schedule", "num_steps", "cfg", "cfg_schedule", "temperature",
+SETTING = ("ckpt_step", "ema", "infer_order", "infer_schedule", "num_steps", "cfg_scale", "cfg_schedule", "temperature",
            "top_k", "top_p", "kv_cache", "attn", "reference", "extractor", "seed")
 REQUIRED = ("run_id", "extractor", "fd", "num_steps")
-DEFAULTS = {"kv_cache": True, "attn": "causal", "cfg": 1.0, "decoder_attn": "block_causal", "grids": "",
+DEFAULTS = {"kv_cache": True, "attn": "causal", "cfg_scale": 1.0, "decoder_attn": "block_causal", "grids": "",
             "ckpt_step": 0}
 
 
@@ -209,12 +209,12 @@ def _line_key(df: pd.DataFrame) -> tuple[pd.Series, pd.Series]:
 
 
 def own_order(df: pd.DataFrame, notes: list[str] | None = None) -> pd.DataFrame:
-    """Each model sampled in its own training order at cfg 1: the rows that compare recipes fairly."""
+    """Each model sampled in its own training order at CFG scale 1: the rows that compare recipes fairly."""
     if {"infer_order", "train_order"} <= set(df.columns):
         df = df[df["infer_order"] == df["train_order"]]
     elif notes is not None:
         notes.append("no train_order/infer_order columns: every row taken as sampled in its own order")
-    return df[df["cfg"] == 1.0]
+    return df[df["cfg_scale"] == 1.0]
 
 
 def one_per_point(df: pd.DataFrame, keys: list[str]) -> pd.DataFrame:

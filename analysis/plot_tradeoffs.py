@@ -4,7 +4,7 @@
                                       [--out analysis/figures]
 
 Writes PNG + PDF per figure and ``summary.md`` (file names prefixed ``<grid>_`` when one is chosen):
-- ``fd_vs_steps``: FD against inference steps, one line per training configuration (own order, cfg 1);
+- ``fd_vs_steps``: FD against inference steps, one line per training configuration (own order, CFG scale 1);
 - ``fd_vs_time``: FD against seconds per image, every setting, the Pareto front, KV cache on/off marked;
 - ``order_matrix``: train order x inference order FD at the largest step count;
 - ``mar_ablation``: FD bars per MAR-end variant and inference attention, at each step count.
@@ -109,7 +109,7 @@ def plot_fd_vs_steps(df, out, prefix, question, styles, written, notes):
         ax.set_xlabel("inference steps K (number of sets)")
         ax.set_ylabel(f"{fd_label(ext)} (lower is better)")
         _titles(fig, ax, "How does quality hold up with fewer sampling steps? (each model in its own order, "
-                "KV cache, cfg 1)", question)
+                "KV cache, CFG scale 1)", question)
         ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1), title="training config", title_fontsize=7)
         ax.grid(alpha=0.3, which="both")
         _save(fig, out, f"{prefix}fd_vs_steps_{ext}", written)
@@ -136,7 +136,7 @@ def plot_fd_vs_time(df, out, prefix, question, styles, written, notes):
         ax.set_xlabel("seconds per image (fixed batch, after warm-up)")
         ax.set_ylabel(f"{fd_label(ext)} (lower is better)")
         _titles(fig, ax, "Which settings give the best quality per second? (dashed: the Pareto front, "
-                "labelled with steps K; own order, cfg 1)", question)
+                "labelled with steps K; own order, CFG scale 1)", question)
         handles = [Line2D([], [], ls="", marker=styles[line]["marker"], color=styles[line]["color"], label=line)
                    for line in sorted(d["line"].unique())]
         handles += [Line2D([], [], ls="", marker="o", color="k", label="KV cache on"),
@@ -151,7 +151,7 @@ def plot_order_matrix(df, out, prefix, question, styles, written, notes):
     if not {"infer_order", "train_order"} <= set(df.columns):
         notes.append("order_matrix: no train_order/infer_order columns; skipped")
         return
-    for ext, d in df[df["cfg"] == 1.0].groupby("extractor"):
+    for ext, d in df[df["cfg_scale"] == 1.0].groupby("extractor"):
         n = int(d["num_steps"].max())  # K = N: one token per step, where every order can be compared
         d = one_per_point(d[d["num_steps"] == n], ["line", "infer_order"])
         crossed = d.groupby("line")["infer_order"].nunique()
@@ -220,7 +220,7 @@ def summary_table(df: pd.DataFrame, question: str | None) -> str:
     lines = [f"# {question}\n" if question else "# Results summary\n"]
     for ext, d in df.groupby("extractor"):
         own = own_order(d).assign(sec_per_image=d["sec_per_image"] if "sec_per_image" in d else np.nan)
-        lines += [f"## {fd_label(ext)} (lower is better; own order, cfg 1)\n",
+        lines += [f"## {fd_label(ext)} (lower is better; own order, CFG scale 1)\n",
                   "| run | samples | best fd (at K) | fd at max K | sec/img cached / uncached (KV-cache speed-up), "
                   "smallest K | same, largest K |", "|---|---|---|---|---|---|"]
         rows = []

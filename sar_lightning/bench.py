@@ -1,4 +1,4 @@
-"""Sampling speed on CPU: the KV cache against recomputation and against one forward pass (SPEC 5, 7).
+"""Sampling speed on CPU: KV cache vs recomputation vs one forward pass (docs/method.md section 5).
 
 Times ``generate`` for the ``small`` FMT (random init, eval, float32, 8x8 grid, vocab 17, N = 64, no CFG)
 with K = 4, 16, 64 uniform sets in a random order, with and without the KV cache, and one
@@ -26,7 +26,7 @@ import torch
 from .intervals import make_intervals
 from .model import build_model
 from .orders import make_order
-from .sampling import generate
+from .sampling import Sampler, generate
 
 STEPS = (4, 16, 64)
 
@@ -54,12 +54,13 @@ def measure(batch: int = 64, repeats: int = 3) -> dict[str, float]:
     order = make_order("random", model.height, model.width, batch, generator=g)
     intervals = make_intervals("random", n, 16, generator=g)
     out = {"forward": timed(lambda: model(tokens, labels, order, intervals), repeats) / batch}
+    index = torch.arange(batch)
     for k in STEPS:
-        sizes = make_intervals("uniform", n, k)
         for cache in (True, False):
-            run = partial(generate, model, labels, order="random", intervals=sizes, use_kv_cache=cache,
-                          generator=torch.Generator().manual_seed(1))
-            out[f"{'cached' if cache else 'uncached'}_K{k}"] = timed(run, repeats) / batch
+            sampler = Sampler("random", "uniform", k, kv_cache=cache, seed=1)
+            labels, kwargs = sampler.request(model, index, model.config.num_classes)
+            out[f"{'cached' if cache else 'uncached'}_K{k}"] = timed(partial(generate, model, labels, **kwargs),
+                                                                      repeats) / batch
     return out
 
 

@@ -6,46 +6,43 @@ from pathlib import Path
 
 import lightning as L
 import torch
-from torchvision.utils import make_grid, save_image
+from torchvision.utils import save_image
 
-from .intervals import make_intervals
-from .sampling import generate
+from .images import image_grid
+from .sampling import Sampler
 
 
-def sample_grid(model, tokenizer, num_steps: int, order: str, schedule: str, num_classes: int,
-                per_class: int = 4, device=None) -> torch.Tensor:
-    """Images ``[C, H', W']`` of a grid: one column per class, ``per_class`` rows, fixed seeds."""
+def sample_grid(model, tokenizer, sampler: Sampler, num_classes: int, per_class: int = 4,
+                device=None) -> torch.Tensor:
+    """Images ``[C, H', W']`` of a grid: one column per class (at most 10), ``per_class`` rows, fixed seeds."""
     n = min(num_classes, 10)
-    labels = torch.arange(n, device=device).repeat(per_class)  # row-major: a class per column
-    seeds = torch.arange(len(labels), device=device)
-    n_tok = model.num_tokens  # K = N is one token per step whatever the schedule
-    intervals = make_intervals("ar", n_tok) if num_steps == n_tok else make_intervals(schedule, n_tok, num_steps)
-    codes = generate(model, labels, order=order, intervals=intervals, seeds=seeds)
-    images = tokenizer.decode(codes.cpu()).float().clamp(0, 1)
-    scale = max(1, 32 // images.shape[-1])  # 8x8 digits would be specks in TensorBoard
-    images = torch.nn.functional.interpolate(images, scale_factor=scale, mode="nearest")
-    return make_grid(images, nrow=n, padding=1, pad_value=0.5)
+    index = torch.arange(n * per_class, device=device)  # image i has class i % n: a class per column
+    codes = sampler.sample(model, index, n, device)
+    return image_grid(tokenizer.decode(codes.cpu()).float().clamp(0, 1), nrow=n)
 
 
 class SampleGrids(L.Callback):
     """After each validation (EMA weights swapped in), sample fixed classes and seeds at several step
     counts; log the grids to TensorBoard (``samples/steps_XXX``) and save them as PNG in the run."""
 
-    def __init__(self, tokenizer, run_dir: Path, num_steps: list[int], order: str, schedule: str):
-        self.tokenizer, self.out = tokenizer, Path(run_dir) / "samples"
+    def __init__(self, tokenizer, out: Path, num_steps: list[int], order: str, schedule: str):
+        self.tokenizer, self.out = tokenizer, Path(out)
         self.num_steps, self.order, self.schedule = num_steps, order, schedule
+
+    def samplers(self, model) -> list[Sampler]:
+        """One per step count the model accepts (K = N, which every model accepts, if none)."""
+        samplers = [Sampler(self.order, self.schedule, k) for k in self.num_steps]
+        return [s for s in samplers if not s.refusal(model)] or [Sampler(self.order, num_steps=model.num_tokens)]
 
     def on_validation_epoch_end(self, trainer, pl_module):
         if trainer.sanity_checking or not trainer.is_global_zero or self.tokenizer is None:
             return
         model, was_training = pl_module.model, pl_module.model.training
         model.eval()
-        steps = [model.num_tokens] if model.kind == "gpt" else self.num_steps
-        order = "raster" if model.kind == "gpt" else self.order
         self.out.mkdir(parents=True, exist_ok=True)
-        for k in steps:
-            grid = sample_grid(model, self.tokenizer, k, order, self.schedule, model.config.num_classes,
-                               device=pl_module.device)
+        for sampler in self.samplers(model):
+            k = sampler.num_steps
+            grid = sample_grid(model, self.tokenizer, sampler, model.config.num_classes, device=pl_module.device)
             if trainer.logger is not None and hasattr(trainer.logger.experiment, "add_image"):
                 trainer.logger.experiment.add_image(f"samples/steps_{k:03d}", grid, trainer.global_step)
             save_image(grid, self.out / f"step{trainer.global_step:06d}_steps{k:03d}.png")

@@ -47,8 +47,10 @@ class ModelSection:
 class TrainConfig:
     order: str = "random"
     schedule: str = "random"
-    num_sets: int | None = 16  # K; null for schedules that size themselves (ar, mar, next_scale)
-    num_sets_range: list[int] | None = None  # [lo, hi]: K drawn uniformly per batch (overrides num_sets)
+    # K, the number of sets per image (= sampling steps); null for schedules that size themselves (ar, mar,
+    # next_scale). Not to be confused with max_steps, the optimiser steps.
+    num_steps: int | None = 16
+    num_steps_range: list[int] | None = None  # [lo, hi]: K drawn uniformly per batch (overrides num_steps)
     max_steps: int = 1000
     lr: float = 1e-3
     lr_schedule: str = "constant"  # constant | cosine (after warm-up)
@@ -59,7 +61,7 @@ class TrainConfig:
     grad_clip: float = 1.0
     ema_decay: float = 0.999  # 0 disables the EMA
     ema_start_step: int = 0
-    precision: str = "32"  # 32 | bf16-mixed | 16-mixed
+    precision: str = "32"  # a Lightning precision: 32 | 32-true | bf16-mixed | 16-mixed | bf16-true
     compile: bool = False
     val_every: int = 200  # steps
     val_batches: int = 8
@@ -113,6 +115,22 @@ class Config:
     threads: int = 0  # torch.set_num_threads when > 0
 
 
+# Config keys renamed since runs were first written: old -> new. Old config.yaml files and checkpoints
+# still load, and run ids hash the old names, so existing run folders keep their ids.
+RENAMED_KEYS = {"train.num_sets": "train.num_steps", "train.num_sets_range": "train.num_steps_range"}
+
+
+def migrate_tree(tree):
+    """A config tree (DictConfig or dict) with renamed keys moved to today's names."""
+    for old, new in RENAMED_KEYS.items():
+        section, old_key = old.split(".")
+        new_key = new.split(".")[1]
+        part = tree.get(section) if section in tree else None
+        if part is not None and old_key in part and new_key not in part:
+            part[new_key] = part.pop(old_key)
+    return tree
+
+
 def _experiments_root(path: Path) -> Path:
     for parent in [path.parent, *path.parents]:
         if (parent / "base.yaml").exists():
@@ -125,7 +143,7 @@ def _load_tree(path: Path, seen: tuple = ()):
         raise ConfigError(f"config file {path} does not exist")
     if path in seen:
         raise ConfigError(f"config defaults loop through {path}")
-    tree = OmegaConf.load(path)
+    tree = migrate_tree(OmegaConf.load(path))
     defaults = tree.pop("defaults", []) if "defaults" in tree else []
     root, merged = _experiments_root(path), OmegaConf.create()
     for name in defaults:
@@ -173,7 +191,7 @@ def check_config(cfg: Config) -> None:
     from .data import data_info, known_data
     from .intervals import SCHEDULES
     from .masks import DECODER_MODES
-    from .model import MODELS
+    from .model import MODELS, model_class
     from .orders import parse_order_name
 
     _choice("data.name", cfg.data.name, known_data())
@@ -216,27 +234,27 @@ def check_config(cfg: Config) -> None:
         bad = [k for k in steps if not 1 <= k <= n]
         if bad:
             raise ConfigError(f"{key}: step counts {bad} must lie in 1..N={n}")
-    rng = cfg.train.num_sets_range
+    rng = cfg.train.num_steps_range
     if rng is not None and (len(rng) != 2 or not 1 <= rng[0] <= rng[1] <= n):
-        raise ConfigError(f"train.num_sets_range must be [lo, hi] with 1 <= lo <= hi <= N={n}, got {rng}")
+        raise ConfigError(f"train.num_steps_range must be [lo, hi] with 1 <= lo <= hi <= N={n}, got {rng}")
     from .intervals import SELF_SIZED, make_intervals
 
-    ks = [None] if cfg.train.schedule in SELF_SIZED else [rng[0], rng[1]] if rng else [cfg.train.num_sets]
+    ks = [None] if cfg.train.schedule in SELF_SIZED else [rng[0], rng[1]] if rng else [cfg.train.num_steps]
     for k in ks:
         try:
             make_intervals(cfg.train.schedule, n, k)
         except ValueError as err:
-            raise ConfigError(f"train.schedule/num_sets: {err}") from None
-    if MODELS[cfg.model.name].get("kind") == "gpt" and (cfg.train.order != "raster" or cfg.train.schedule != "ar"):
-        raise ConfigError(f"model.name={cfg.model.name} is the raster next-token GPT baseline: "
-                          "it needs train.order=raster and train.schedule=ar")
+            raise ConfigError(f"train.schedule/num_steps: {err}") from None
+    refusal = model_class(cfg.model.name).training_refusal(cfg.train.order, cfg.train.schedule)
+    if refusal:
+        raise ConfigError(f"model.name={cfg.model.name}: {refusal}")
 
 
-def num_sets_label(cfg: Config, num_tokens: int) -> str:
+def num_steps_label(cfg: Config, num_tokens: int) -> str:
     """The K in a paper-style run name: N for ar, 2 for mar, 'lo_hi' for a range."""
     t = cfg.train
-    if t.num_sets_range is not None:
-        return f"{t.num_sets_range[0]}_{t.num_sets_range[1]}"
+    if t.num_steps_range is not None:
+        return f"{t.num_steps_range[0]}_{t.num_steps_range[1]}"
     if t.schedule == "ar":
         return str(num_tokens)
     if t.schedule == "mar":
@@ -245,7 +263,7 @@ def num_sets_label(cfg: Config, num_tokens: int) -> str:
         from .intervals import make_intervals
 
         return str(len(make_intervals("next_scale", num_tokens)))
-    return str(t.num_sets)
+    return str(t.num_steps)
 
 
 _NOT_IDENTITY = {"root", "infer", "trainer", "threads"}
@@ -262,9 +280,12 @@ def run_id(cfg: Config) -> str:
     ident = {k: v for k, v in to_dict(cfg).items() if k not in _NOT_IDENTITY}
     for k in ("log_every", "val_batches", "sample_steps"):
         ident["train"].pop(k, None)
+    for old, new in RENAMED_KEYS.items():  # hash the names the first runs were written with
+        section, old_key, new_key = old.split(".")[0], old.split(".")[1], new.split(".")[1]
+        ident[section][old_key] = ident[section].pop(new_key)
     ident["data"].pop("num_workers", None)
     digest = hashlib.sha1(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:6]
     order = cfg.train.order.replace(":", "")
-    k = num_sets_label(cfg, info["height"] * info["width"])
+    k = num_steps_label(cfg, info["height"] * info["width"])
     data = cfg.data.name if cfg.data.name != "codes" else Path(cfg.data.path or "codes").name
     return f"{order}-{k}-{cfg.train.schedule}_{cfg.model.name}_{data}_s{cfg.train.seed}_{digest}"

@@ -193,3 +193,25 @@ def write_codes(folder: str | Path, splits: dict, *, height: int, width: int, vo
         shutil.rmtree(folder)
     tmp.rename(folder)
     return folder
+
+
+def image_dataset(cfg) -> str | None:
+    """The registered image data set behind ``cfg`` (DataConfig; a codes folder records its source in
+    the manifest's ``dataset``), or None for other images (an ImageNet folder)."""
+    from .datasets import DATASETS
+
+    name = read_manifest(cfg.path).get("dataset") if cfg.name == "codes" else cfg.name
+    return name if name in DATASETS else None
+
+
+def extractor_name(cfg) -> str:
+    """One feature extractor per data set: its own classifier (``<data>_cnn``), else ``inception``."""
+    name = image_dataset(cfg)
+    return f"{name}_cnn" if name else "inception"
+
+
+def missing_decoder(cfg) -> str:
+    """Why a codes folder's samples cannot be turned into images here (its tokenizer file is missing)."""
+    tok = read_manifest(cfg.path).get("tokenizer", {})
+    return (f"the tokenizer of {cfg.path} ({tok.get('name')}) is not at {tok.get('path')!r}; put its "
+            f"weights there or correct tokenizer.path in {Path(cfg.path) / 'manifest.json'}")

@@ -19,6 +19,7 @@ from .model import ModelConfig, SARModel
 
 class GPT(SARModel):
     kind = "gpt"
+    required_training = {"train.order": "raster", "train.schedule": "ar"}
 
     def __init__(self, cfg: ModelConfig):
         super().__init__(cfg)
@@ -29,15 +30,26 @@ class GPT(SARModel):
                                     for _ in range(cfg.enc_layers + cfg.dec_layers))
         self._init()
 
-    def check_request(self, order, intervals: Sequence[int]) -> None:
-        raster = torch.arange(order.shape[1], device=order.device)
-        if not bool((order == raster).all()) or any(int(n) != 1 for n in intervals):
-            raise ValueError("the GPT baseline does raster next-token prediction only: "
-                             "order must be 'raster' and intervals all ones (schedule 'ar')")
+    @classmethod
+    def training_refusal(cls, order: str, schedule: str) -> str | None:
+        if order != "raster" or schedule != "ar":
+            return "the GPT baseline is raster next-token: it needs train.order=raster and train.schedule=ar"
+        return None
+
+    @classmethod
+    def refusal(cls, order, intervals: Sequence[int], attn: str, decoder_attn: str = "block_causal") -> str | None:
+        if attn != "causal":
+            return "the GPT baseline has no 'full' inference attention (attn must be 'causal')"
+        raster = order == "raster" if isinstance(order, str) else \
+            bool((order == torch.arange(order.shape[1], device=order.device)).all())
+        if not raster or any(int(n) != 1 for n in intervals):
+            return ("the GPT baseline does raster next-token prediction only: "
+                    "order must be 'raster' and intervals all ones (K = N)")
+        return None
 
     def logits_through(self, tokens, labels, order, intervals: Sequence[int], k: int):
         """Logits of cells 0..k-1 ``[B, k, V]`` from ``[cls, x_0, ..., x_{k-2}]``."""
-        self.check_request(order, intervals)
+        self.check_request(order, intervals, "causal")
         cells = order[:, : k - 1]
         x = torch.cat([self.class_tokens(labels), self.embed_tokens(tokens[:, : k - 1], cells)], 1)
         causal = torch.ones(k, k, dtype=torch.bool, device=x.device).tril()

@@ -56,6 +56,18 @@ def decoder_cross_mask(s: torch.Tensor, e: torch.Tensor) -> torch.Tensor:
     return e[None, :] < s[:, None]
 
 
+def cached_self_mask(mode: str, n_cached: int, n_new: int, device=None) -> torch.Tensor | None:
+    """Decoder self-attention of ``n_new`` queries of one set appended after ``n_cached`` cached ones:
+    ``[n_new, n_cached + n_new]``, or None where they see everything (block_causal: the new set is the
+    latest). ``full`` is never cached (the sampler recomputes it)."""
+    if mode == "block_causal":
+        return None
+    if mode == "own_set":
+        total = n_cached + n_new
+        return (torch.arange(total, device=device) >= n_cached).expand(n_new, total)
+    raise ValueError(f"decoder attention {mode!r} has no cached form; valid: block_causal, own_set")
+
+
 def build_masks(intervals: Sequence[int], mode: str = "block_causal", device=None):
     """The three masks for one batch, in generation order.
 

@@ -17,7 +17,9 @@ from torch import nn
 
 from .intervals import validate_intervals
 from .layers import DecoderBlock, EncoderBlock, KVSlot, ffn_hidden, init_weights
-from .masks import DECODER_MODES, decoder_cross_mask, decoder_self_mask, encoder_mask, loss_positions, set_ids
+from .masks import DECODER_MODES, build_masks, cached_self_mask, loss_positions
+
+ATTN_MODES = ("causal", "full")  # attention at inference: set by set (cacheable), or MAR's two-set view
 
 
 @dataclass
@@ -64,7 +66,14 @@ def sar_loss(logits, targets, intervals: Sequence[int], first_set_loss=True, las
 
 
 class SARModel(nn.Module):
-    """What the FMT and the GPT baseline share: embeddings, head, label dropout, raster scatter, loss."""
+    """What the FMT and the GPT baseline share: embeddings, head, label dropout, raster scatter, loss.
+
+    The sampler's contract (``sampling.generate`` uses nothing else): a model offers its grid
+    (``height``, ``width``, ``num_tokens``), ``null_class`` (the unconditional label for guidance) and
+    ``decoder_attn``; ``refusal`` (which requests it cannot serve, and why); ``logits_through`` (the
+    uncached forward over sets 1..k); ``new_cache`` and ``step`` (the cached forward, one set per call).
+    A model family adds its own ``refusal`` and ``training_refusal`` rules, nowhere else.
+    """
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
@@ -108,6 +117,29 @@ class SARModel(nn.Module):
     def num_params(self) -> int:
         return sum(p.numel() for p in self.parameters())
 
+    required_training: dict = {}  # config keys a family fixes (the sweep applies them to its runs)
+
+    @classmethod
+    def training_refusal(cls, order: str, schedule: str) -> str | None:
+        """Why this family cannot be trained with ``order`` and interval ``schedule``, or None."""
+        return None
+
+    @classmethod
+    def refusal(cls, order, intervals: Sequence[int], attn: str, decoder_attn: str = "block_causal") -> str | None:
+        """Why a model of this family, trained with ``decoder_attn``, cannot sample in ``order`` (a name
+        or ``LongTensor[B, N]``) with set sizes ``intervals`` and inference attention ``attn``; or None."""
+        if attn not in ATTN_MODES:
+            return f"unknown attn {attn!r}; valid: {', '.join(ATTN_MODES)}"
+        if attn == "causal" and decoder_attn == "full":
+            return "a model trained with full decoder self-attention samples with attn='full'"
+        return None
+
+    def check_request(self, order, intervals: Sequence[int], attn: str) -> None:
+        """Raise ValueError when this model refuses the request (see ``refusal``)."""
+        reason = self.refusal(order, intervals, attn, self.decoder_attn)
+        if reason:
+            raise ValueError(reason)
+
 
 class FullyMaskedTransformer(SARModel):
     kind = "fmt"
@@ -132,16 +164,14 @@ class FullyMaskedTransformer(SARModel):
         """
         sizes = list(intervals[:k])
         n_ctx, n_q = sum(sizes[:-1]), sum(sizes)
-        s = set_ids(sizes, tokens.device)  # (n_q,)
-        e = torch.cat([s.new_zeros(1), s[:n_ctx]])  # (1 + n_ctx,) cls has set id 0
+        # m_e [1 + n_ctx, 1 + n_ctx], m_ds [n_q, n_q], m_dc [n_q, 1 + n_ctx]: cls + sets < k as context
+        m_e, m_ds, m_dc = build_masks(sizes, self.decoder_attn, tokens.device)
         ctx_cells = order[:, :n_ctx]
         x = torch.cat([self.class_tokens(labels), self.embed_tokens(tokens.gather(1, ctx_cells), ctx_cells)], 1)
-        m_e = encoder_mask(e)
         for blk in self.encoder:
             x = blk(x, mask=m_e)  # (B, 1 + n_ctx, C)
         memory = self.enc_norm(x)
         q = self.query + self.pos_emb[order[:, :n_q]]  # (B, n_q, C)
-        m_ds, m_dc = decoder_self_mask(s, self.decoder_attn), decoder_cross_mask(s, e)
         for blk in self.decoder:
             q = blk(q, blk.cross_attn.keys_values(memory), self_mask=m_ds, cross_mask=m_dc)
         return self.head(self.norm(q))
@@ -169,10 +199,7 @@ class FullyMaskedTransformer(SARModel):
             slot.append(*blk.cross_attn.keys_values(memory))
         q, n = self.query + self.pos_emb[target_cells], target_cells.shape[1]
         for blk, mem, slot in zip(self.decoder, cache["mem"], cache["dec"]):
-            self_mask = None
-            if self.decoder_attn == "own_set":  # only the queries appended in this step
-                total = slot.length + n
-                self_mask = (torch.arange(total, device=q.device) >= total - n).expand(n, total)
+            self_mask = cached_self_mask(self.decoder_attn, slot.length, n, q.device)
             memory_kv = (mem.k[:, :, : mem.length], mem.v[:, :, : mem.length])
             q = blk(q, memory_kv, self_mask=self_mask, cache=slot)
         return self.head(self.norm(q))
@@ -206,14 +233,18 @@ def build_model(name: str, **overrides) -> SARModel:
     return model_from_config(cfg)
 
 
+def model_class(name_or_kind: str) -> type[SARModel]:
+    """The class of a factory name (``small``, ``gpt-B``) or of a kind (``fmt``, ``gpt``)."""
+    from .gpt import GPT
+
+    kinds = {"fmt": FullyMaskedTransformer, "gpt": GPT}
+    return kinds[MODELS[name_or_kind].get("kind", "fmt") if name_or_kind in MODELS else name_or_kind]
+
+
 def model_from_config(cfg: ModelConfig | dict) -> SARModel:
     if isinstance(cfg, dict):
         cfg = ModelConfig(**cfg)
-    if cfg.kind == "gpt":
-        from .gpt import GPT
-
-        return GPT(cfg)
-    return FullyMaskedTransformer(cfg)
+    return model_class(cfg.kind)(cfg)
 
 
 def config_dict(model: SARModel) -> dict:

@@ -7,7 +7,7 @@ import math
 import lightning as L
 import torch
 
-from .config import Config
+from .config import Config, migrate_tree
 from .intervals import SELF_SIZED, make_intervals
 from .model import build_model
 from .orders import make_order
@@ -26,11 +26,11 @@ def draw_sets(train_cfg, height: int, width: int, batch_size: int, generator: to
     order = make_order(train_cfg.order, height, width, batch_size, generator=generator)
     if train_cfg.schedule in SELF_SIZED:
         k = None
-    elif train_cfg.num_sets_range is not None:
-        lo, hi = train_cfg.num_sets_range
+    elif train_cfg.num_steps_range is not None:
+        lo, hi = train_cfg.num_steps_range
         k = int(torch.randint(lo, hi + 1, (), generator=generator))
     else:
-        k = train_cfg.num_sets
+        k = train_cfg.num_steps
     return order, make_intervals(train_cfg.schedule, n, k, generator=generator)
 
 
@@ -43,7 +43,7 @@ class SARLightningModule(L.LightningModule):
         self.save_hyperparameters()
         from omegaconf import OmegaConf
 
-        self.cfg: Config = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(Config), config))
+        self.cfg: Config = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(Config), migrate_tree(config)))
         m = self.cfg.model
         self.model = build_model(m.name, vocab_size=info["vocab_size"], num_classes=info["num_classes"],
                                  height=info["height"], width=info["width"], decoder_attn=m.decoder_attn,
@@ -67,7 +67,7 @@ class SARLightningModule(L.LightningModule):
         loss, acc, k = self._step(batch, self._generator(0, self.global_step))
         self.log("train/loss", loss, prog_bar=True)
         self.log("train/acc", acc)
-        self.log("train/num_sets", float(k))
+        self.log("train/num_steps", float(k))
         return loss
 
     def validation_step(self, batch, batch_idx):

@@ -1,22 +1,25 @@
-"""Set-by-set sampling (SPEC section 5) with an exact, pre-allocated KV cache.
+"""Set-by-set sampling (docs/method.md section 5) with an exact, pre-allocated KV cache.
 
 Step k appends set k-1 (cls at k = 1) to the caches and decodes the queries of set k. Without the
 cache every step recomputes the prefix with ``logits_through``; the two give the same tokens.
-The number of steps and the order may differ from those the model was trained with.
+The number of steps and the order may differ from those the model was trained with. A model is
+sampled through the contract of ``model.SARModel`` (grid, ``refusal``, ``logits_through``,
+``new_cache``, ``step``); ``Sampler`` is one sampler setting, shared by evaluate, bench, the sample
+command and the training callback.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 
-from .intervals import validate_intervals
+from .intervals import make_intervals, validate_intervals
 from .orders import make_order
 from .rng import seeded_uniform
 
 CFG_SCHEDULES = ("constant", "linear")
-INFERENCE_ATTN = ("causal", "full")
 
 
 def filter_logits(logits, temperature=1.0, top_k=None, top_p=None):
@@ -64,6 +67,49 @@ def _prefill_order(order, known):
     return order.gather(1, torch.argsort(unknown_in_order, dim=1, stable=True)), int(counts[0])
 
 
+def default_attn(model) -> str:
+    """``full`` for models trained with full decoder self-attention (they cannot sample set by set)."""
+    return "full" if model.decoder_attn == "full" else "causal"
+
+
+def check_request(model, labels, order, intervals, *, cfg_schedule="constant", prefill=None, attn=None,
+                  generator=None, seeds=None):
+    """Validate a sampling request; return ``(order [B, N], sizes, n_prefill_sets, tokens [B, N], attn)``.
+
+    ``sizes`` are the sets of the loop, the known cells first (as one set) under ``prefill``.
+    """
+    batch, n_tok, device = labels.shape[0], model.num_tokens, labels.device
+    if isinstance(order, str):
+        order = make_order(order, model.height, model.width, batch, generator=generator, device=device,
+                           seeds=seeds)
+    if tuple(order.shape) != (batch, n_tok):
+        raise ValueError(f"order must have shape ({batch}, {n_tok}), got {tuple(order.shape)}")
+    if cfg_schedule not in CFG_SCHEDULES:
+        raise ValueError(f"unknown cfg_schedule {cfg_schedule!r}; valid: {', '.join(CFG_SCHEDULES)}")
+    attn = attn or default_attn(model)
+    tokens, sizes, n_prefill_sets = torch.zeros(batch, n_tok, dtype=torch.long, device=device), list(intervals), 0
+    if prefill is not None:
+        known_tokens, known = prefill
+        known = known.to(device=device, dtype=torch.bool)
+        order, n_known = _prefill_order(order, known)
+        validate_intervals(sizes, n_tok - n_known)
+        tokens = torch.where(known, known_tokens.to(device), tokens)
+        if n_known:
+            sizes, n_prefill_sets = [n_known, *sizes], 1
+    else:
+        validate_intervals(sizes, n_tok)
+    model.check_request(order, sizes, attn)
+    return order, sizes, n_prefill_sets, tokens, attn
+
+
+def _uniforms(cells, seeds, generator, device):
+    """One uniform per cell to sample: keyed by image seed, or drawn from ``generator``."""
+    if seeds is not None:
+        return seeded_uniform(seeds.to(device), cells)
+    where = generator.device if generator is not None else device
+    return torch.rand(cells.shape, generator=generator, device=where, dtype=torch.float64).to(device)
+
+
 @torch.no_grad()
 def generate(
     model,
@@ -77,60 +123,34 @@ def generate(
     top_k: int | None = None,
     top_p: float | None = None,
     generator: torch.Generator | None = None,
-    use_kv_cache: bool = True,
+    kv_cache: bool = True,
     prefill=None,
     seeds=None,
-    inference_attn: str | None = None,
+    attn: str | None = None,
+    on_step=None,
 ):
     """Sample ``LongTensor[B, N]`` (raster layout) for class ``labels [B]``.
 
     order: ``LongTensor[B, N]`` or an order name. intervals: set sizes, sum N (or N - known cells
-        with ``prefill``); ``len(intervals)`` is the number of steps.
+        with ``prefill``); ``K = len(intervals)`` is the number of steps.
     prefill: ``(tokens [B, N], known [B, N] bool)``: known cells are kept and form the first set.
     seeds: ``LongTensor[B]``, one per image: random draws (and random orders) keyed by image, so
         results do not depend on batch size; otherwise draws come from ``generator``.
-    inference_attn: ``causal`` (set by set, cacheable) or ``full``: every step sees the known cells
-        as one set and all unknown cells as another (MAR-style; recomputed, no cache). Defaults to
-        ``full`` for models trained with full decoder self-attention, else ``causal``.
+    attn: attention at inference, ``causal`` (set by set, cacheable) or ``full``: every step sees the
+        known cells as one set and all unknown cells as another (MAR-style; recomputed, no cache).
+        Defaults to ``full`` for models trained with full decoder self-attention, else ``causal``.
+    on_step: called as ``on_step(tokens, filled)`` after each sampled set (``filled [B, N]`` bool).
     """
-    batch, n_tok, device = labels.shape[0], model.num_tokens, labels.device
-    if isinstance(order, str):
-        order = make_order(order, model.height, model.width, batch, generator=generator, device=device,
-                           seeds=seeds)
-    if tuple(order.shape) != (batch, n_tok):
-        raise ValueError(f"order must have shape ({batch}, {n_tok}), got {tuple(order.shape)}")
-    if cfg_schedule not in CFG_SCHEDULES:
-        raise ValueError(f"unknown cfg_schedule {cfg_schedule!r}; valid: {', '.join(CFG_SCHEDULES)}")
-    inference_attn = inference_attn or ("full" if model.decoder_attn == "full" else "causal")
-    if inference_attn not in INFERENCE_ATTN:
-        raise ValueError(f"unknown inference_attn {inference_attn!r}; valid: {', '.join(INFERENCE_ATTN)}")
-    if inference_attn == "causal" and model.decoder_attn == "full":
-        raise ValueError("a model trained with full decoder self-attention samples with inference_attn='full'")
-
-    tokens = torch.zeros(batch, n_tok, dtype=torch.long, device=device)
-    sizes, n_prefill_sets = list(intervals), 0
-    if prefill is not None:
-        known_tokens, known = prefill
-        known = known.to(device=device, dtype=torch.bool)
-        order, n_known = _prefill_order(order, known)
-        validate_intervals(sizes, n_tok - n_known)
-        tokens = torch.where(known, known_tokens.to(device), tokens)
-        if n_known:
-            sizes, n_prefill_sets = [n_known, *sizes], 1
-    else:
-        validate_intervals(sizes, n_tok)
-    if model.kind == "gpt":
-        model.check_request(order, sizes)
-        if inference_attn == "full":
-            raise ValueError("the GPT baseline has no 'full' inference attention")
-
+    order, sizes, n_prefill_sets, tokens, attn = check_request(
+        model, labels, order, intervals, cfg_schedule=cfg_schedule, prefill=prefill, attn=attn,
+        generator=generator, seeds=seeds)
+    n_tok, device = model.num_tokens, labels.device
     use_cfg = cfg_scale != 1.0
-    dup = (lambda t: torch.cat([t, t])) if use_cfg else (lambda t: t)
+    dup = (lambda t: torch.cat([t, t])) if use_cfg else (lambda t: t)  # conditional rows, then unconditional
     cond_labels = torch.cat([labels, torch.full_like(labels, model.null_class)]) if use_cfg else labels
-    order2 = dup(order)
-    cached = use_kv_cache and inference_attn == "causal"
-    dtype = next(model.parameters()).dtype
-    cache = model.new_cache(len(cond_labels), sizes, dtype, device) if cached else None
+    cached = kv_cache and attn == "causal"
+    cache = model.new_cache(len(cond_labels), sizes, next(model.parameters()).dtype, device) if cached else None
+    filled, order2 = torch.zeros_like(tokens, dtype=torch.bool), dup(order)
 
     end = 0
     for k, size in enumerate(sizes):
@@ -141,17 +161,78 @@ def generate(
             prev_tok = dup(tokens.gather(1, prev)) if k else None
             logits = model.step(cache, cond_labels, prev_tok, dup(prev) if k else None, dup(cells))
         else:
-            view = sizes[: k + 1] if inference_attn == "causal" else ([start, n_tok - start] if start else [n_tok])
+            view = sizes[: k + 1] if attn == "causal" else ([start, n_tok - start] if start else [n_tok])
             logits = model.logits_through(dup(tokens), cond_labels, order2, view, len(view))[:, start:end]
         if k < n_prefill_sets:
+            filled.scatter_(1, cells, True)
             continue  # known cells: computed only to fill the caches
         if use_cfg:
             cond, uncond = logits.float().chunk(2)
             logits = uncond + cfg_weight(cfg_scale, cfg_schedule, end / n_tok) * (cond - uncond)
-        if seeds is not None:
-            u = seeded_uniform(seeds.to(device), cells)
-        else:
-            where = generator.device if generator is not None else device
-            u = torch.rand(cells.shape, generator=generator, device=where, dtype=torch.float64).to(device)
+        u = _uniforms(cells, seeds, generator, device)
         tokens.scatter_(1, cells, sample_tokens(logits, u, temperature, top_k, top_p))
+        if on_step is not None:
+            on_step(tokens, filled.scatter_(1, cells, True).clone())
     return tokens
+
+
+def inference_intervals(schedule: str, num_tokens: int, num_steps: int) -> list[int]:
+    """Set sizes for sampling in ``num_steps`` steps. K = N is one token per step whatever the schedule;
+    random schedules are drawn from a seed fixed by K, so every image, batch and rank shares them."""
+    if num_steps == num_tokens:
+        return make_intervals("ar", num_tokens)
+    return make_intervals(schedule, num_tokens, num_steps, generator=torch.Generator().manual_seed(num_steps))
+
+
+def image_seeds(seed: int, index: torch.Tensor) -> torch.Tensor:
+    """The sampling seed of each image index: results depend on (seed, index), never on batching."""
+    return index.long() + seed * 1_000_003
+
+
+@dataclass
+class Sampler:
+    """One sampler setting: what evaluate, bench, the sample command and the training grids sample with.
+
+    Image ``i`` gets label ``i % num_classes`` and its own seed, so a setting's samples do not depend
+    on batch size or device count.
+    """
+
+    order: str
+    schedule: str = "cosine"
+    num_steps: int = 1
+    cfg_scale: float = 1.0
+    cfg_schedule: str = "constant"
+    temperature: float = 1.0
+    top_k: int | None = None
+    top_p: float | None = None
+    kv_cache: bool = True
+    attn: str | None = None
+    seed: int = 0
+
+    @classmethod
+    def from_row(cls, row: dict) -> Sampler:
+        """The sampler of a result row (``infer_order``, ``infer_schedule``, ``num_steps``, ...)."""
+        keys = ("num_steps", "cfg_scale", "cfg_schedule", "temperature", "top_k", "top_p", "kv_cache", "attn",
+                "seed")
+        return cls(order=row["infer_order"], schedule=row["infer_schedule"], **{k: row[k] for k in keys})
+
+    def intervals(self, num_tokens: int) -> list[int]:
+        return inference_intervals(self.schedule, num_tokens, self.num_steps)
+
+    def refusal(self, model) -> str | None:
+        """Why ``model`` cannot sample with this setting, or None."""
+        return model.refusal(self.order, self.intervals(model.num_tokens), self.attn or default_attn(model),
+                             model.decoder_attn)
+
+    def request(self, model, index: torch.Tensor, num_classes: int, device=None) -> tuple[torch.Tensor, dict]:
+        """``(labels [B], generate keyword arguments)`` for image indices ``index [B]``."""
+        labels, seeds = (index % num_classes).to(device), image_seeds(self.seed, index).to(device)
+        order = make_order(self.order, model.height, model.width, len(index), device=device, seeds=seeds)
+        return labels, dict(order=order, intervals=self.intervals(model.num_tokens), cfg_scale=self.cfg_scale,
+                            cfg_schedule=self.cfg_schedule, temperature=self.temperature, top_k=self.top_k,
+                            top_p=self.top_p, kv_cache=self.kv_cache, seeds=seeds, attn=self.attn)
+
+    def sample(self, model, index: torch.Tensor, num_classes: int, device=None, **extra) -> torch.Tensor:
+        """Codes ``LongTensor[B, N]`` of images ``index``; ``extra`` goes to ``generate`` (prefill, on_step)."""
+        labels, kwargs = self.request(model, index, num_classes, device)
+        return generate(model, labels, **kwargs, **extra)

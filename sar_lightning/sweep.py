@@ -33,7 +33,8 @@ from .config import ConfigError, load_config, run_id, to_yaml
 from .data import data_info
 from .evaluate import pending_settings
 from .files import atomic_write_text
-from .train import run_status
+from .model import MODELS, model_class
+from .runs import RunDir, manifest_path
 
 PROFILES = ("smoke", "default", "paper")
 
@@ -42,7 +43,7 @@ PROFILES = ("smoke", "default", "paper")
 class RunSpec:
     label: str
     overrides: dict[str, Any] = field(default_factory=dict)
-    gpt: bool = False  # the GPT baseline of the profile's model size (raster, one token per step)
+    family: str | None = None  # another model family at the profile's size: gpt = the GPT baseline
 
 
 @dataclass
@@ -119,15 +120,19 @@ def expand(grid_path: str | Path, profile: str = "default", root: str | None = N
     experiments = experiments_root(grid_path)
     run_over, eval_over = _profile(grid, profile, experiments, data)
     threads = max(1, (os.cpu_count() or 1) // max(1, jobs))
-    out, seen = [], {}
+    out, seen, configs = [], {}, []
     for spec in grid.runs:
         # 1) the base files, 2) the profile + data overlay, 3) the run, 4) the command line, 5) the main evaluation.
         overrides = [*_dotlist(run_over), *_dotlist(spec.overrides), *extra]
         if root is not None:
             overrides.append(f"root={root}")
         cfg = load_config(None, overrides, defaults=grid.defaults, experiments=experiments)
-        if spec.gpt:
-            overrides += [f"model.name=gpt-{cfg.model.name}", "train.order=raster", "train.schedule=ar"]
+        if spec.family:
+            name = f"{spec.family}-{cfg.model.name}"
+            if name not in MODELS:
+                raise ConfigError(f"grid {grid.name}, run {spec.label!r}: no model {name!r} for family "
+                                  f"{spec.family!r}; valid models: {', '.join(MODELS)}")
+            overrides += [f"model.name={name}", *_dotlist(model_class(name).required_training)]
             cfg = load_config(None, overrides, defaults=grid.defaults, experiments=experiments)
         info = data_info(cfg.data)
         n_tok = info["height"] * info["width"]
@@ -137,22 +142,23 @@ def expand(grid_path: str | Path, profile: str = "default", root: str | None = N
         if rid in seen:
             raise ConfigError(f"grid {grid.name}: runs {seen[rid]!r} and {spec.label!r} are the same run ({rid})")
         seen[rid] = spec.label
-        run_dir = Path(cfg.root) / rid
-        atomic_write_text(run_dir / "config.yaml", to_yaml(cfg))  # evaluation settings may change
-        out.append(Job(spec.label, rid, str(run_dir), evals, threads, run_status(run_dir)))
+        configs.append((RunDir(Path(cfg.root) / rid), to_yaml(cfg)))
+        out.append(Job(spec.label, rid, str(configs[-1][0].path), evals, threads, configs[-1][0].status()))
+    for run, text in configs:  # only once every run is valid: evaluation settings may have changed
+        atomic_write_text(run.config, text)
     return grid, out
 
 
 def run_job(job: Job) -> dict:
     """Train (or resume, or skip) one run, then evaluate it; each step a subprocess with its own log."""
-    run_dir = Path(job.run_dir)
-    log = run_dir / "sweep.log"
+    run = RunDir(job.run_dir)
+    log = run.log
     env = {**os.environ, "OMP_NUM_THREADS": str(job.threads), "MKL_NUM_THREADS": str(job.threads)}
-    start, status = time.time(), run_status(run_dir)
-    commands = [] if status == "done" else [[sys.executable, "-m", "sar_lightning.train", str(run_dir / "config.yaml"),
+    start, status = time.time(), run.status()
+    commands = [] if status == "done" else [[sys.executable, "-m", "sar_lightning.train", str(run.config),
                                              f"threads={job.threads}", "trainer.enable_progress_bar=false"]]
-    commands += [[sys.executable, "-m", "sar_lightning.evaluate", str(run_dir), f"threads={job.threads}", *e]
-                 for e in job.evals if status != "done" or pending_settings(run_dir, e) != 0]
+    commands += [[sys.executable, "-m", "sar_lightning.evaluate", str(run.path), f"threads={job.threads}", *e]
+                 for e in job.evals if status != "done" or pending_settings(run.path, e) != 0]
     with open(log, "a") as f:
         for cmd in commands:
             f.write(f"\n$ {' '.join(cmd)}\n")
@@ -201,7 +207,7 @@ def sweep(grid_path, profile="default", jobs=None, root=None, launcher="local", 
     results = launch(todo, jobs, launcher, root_dir / "sweeps" / "submitit", grid.slurm)
     manifest = {"grid": grid.name, "profile": profile, "data": data, "question": grid.question,
                 "runs": [{"run_id": r["run_id"], "label": r["label"], "status": r["status"]} for r in results]}
-    atomic_write_text(root_dir / "sweeps" / f"{grid.name}-{tag}.json", json.dumps(manifest, indent=1))
+    atomic_write_text(manifest_path(root_dir, grid.name, tag), json.dumps(manifest, indent=1))
     counts = {s: sum(r["status"] == s for r in results) for s in ("skipped (done)", "resumed", "trained", "failed")}
     for r in results:
         if r["status"] == "failed":

@@ -1,14 +1,12 @@
 """Train one run: ``python -m sar_lightning.train experiments/<file>.yaml [key=value ...]``.
 
-The run folder ``<root>/<run_id>`` holds ``config.yaml`` (the resolved config: training from it
-reproduces the run), ``checkpoints/`` (``last.ckpt`` + step snapshots), ``tb/`` (TensorBoard),
-``samples/`` (PNG grids) and ``done.json`` once finished. Running the same command again skips a
-finished run and resumes an interrupted one from ``last.ckpt``, appending to the same curves.
+It trains into the run folder ``<root>/<run_id>`` (layout: ``sar_lightning.runs``). Running the same
+command again skips a finished run and resumes an interrupted one from ``last.ckpt``, appending to the
+same TensorBoard curves; training from the run's ``config.yaml`` reproduces it.
 """
 
 from __future__ import annotations
 
-import json
 import sys
 import time
 from pathlib import Path
@@ -20,24 +18,16 @@ from lightning.pytorch.loggers import TensorBoardLogger
 
 from .callbacks import FinalCheckpoint, HParamsDeclaration, SampleGrids, flat_hparams
 from .config import Config, ConfigError, load_config, run_id, to_dict, to_yaml
-from .data import SARDataModule, data_info, decoder_for
+from .data import SARDataModule, data_info, decoder_for, extractor_name, missing_decoder
 from .files import atomic_write_text
 from .module import SARLightningModule
+from .runs import RunDir, fd_tag
 
 
 def metric_keys(cfg: Config) -> list[str]:
     """Scalars shown as metrics in the HParams tab: training curves and each evaluated step count."""
-    from .evaluate import extractor_name, fd_key
-
     keys = ["train/loss", "val/loss", "val/acc"]
-    return keys + [fd_key(extractor_name(cfg.data), k) for k in cfg.infer.num_steps]
-
-
-def run_status(run_dir: Path) -> str:
-    """``done``, ``partial`` (has a checkpoint to resume) or ``new``."""
-    if (run_dir / "done.json").exists():
-        return "done"
-    return "partial" if (run_dir / "checkpoints" / "last.ckpt").exists() else "new"
+    return keys + [fd_tag(extractor_name(cfg.data), k) for k in cfg.infer.num_steps]
 
 
 def train(cfg: Config) -> Path:
@@ -46,47 +36,44 @@ def train(cfg: Config) -> Path:
         torch.set_num_threads(cfg.threads)
     info = data_info(cfg.data)
     rid = run_id(cfg)
-    run_dir = Path(cfg.root) / rid
-    status = run_status(run_dir)
+    run = RunDir(Path(cfg.root) / rid)
+    status = run.status()
     if status == "done":
-        print(f"[train] {rid}: already finished ({run_dir / 'done.json'}); skipping")
-        return run_dir
-    ckpt_dir, last = run_dir / "checkpoints", run_dir / "checkpoints" / "last.ckpt"
-    print(f"[train] {rid}: {'resuming from ' + str(last) if status == 'partial' else 'new run'} in {run_dir}")
-    atomic_write_text(run_dir / "config.yaml", to_yaml(cfg))
+        print(f"[train] {rid}: already finished ({run.done}); skipping")
+        return run.path
+    print(f"[train] {rid}: {'resuming from ' + str(run.last) if status == 'partial' else 'new run'} in {run.path}")
+    atomic_write_text(run.config, to_yaml(cfg))
 
     L.seed_everything(cfg.train.seed, workers=True, verbose=False)
     t, tr = cfg.train, cfg.trainer
     module = SARLightningModule(to_dict(cfg), info)
     decoder = decoder_for(cfg.data)
     if decoder is None:
-        from .evaluate import missing_decoder
-
         print(f"[train] no sample grids: {missing_decoder(cfg.data)}")
-    callbacks = [SampleGrids(decoder, run_dir, t.sample_steps, t.order, cfg.infer.schedule),
+    callbacks = [SampleGrids(decoder, run.samples, t.sample_steps, t.order, cfg.infer.schedule),
                  HParamsDeclaration(flat_hparams(to_dict(cfg)), metric_keys(cfg)),
                  LearningRateMonitor(logging_interval="step")]
     if t.ema_decay > 0:
         callbacks.append(EMAWeightAveraging(decay=t.ema_decay, update_starting_at_step=t.ema_start_step))
-    callbacks += [FinalCheckpoint(ckpt_dir, t.max_steps, t.ckpt_every),
-                  ModelCheckpoint(dirpath=ckpt_dir, filename="step{step:06d}", auto_insert_metric_name=False,
+    callbacks += [FinalCheckpoint(run.checkpoints, t.max_steps, t.ckpt_every),
+                  ModelCheckpoint(dirpath=run.checkpoints, filename="step{step:06d}", auto_insert_metric_name=False,
                                   every_n_train_steps=t.ckpt_every, save_top_k=-1, save_last=True)]
     trainer = L.Trainer(
         max_steps=t.max_steps, max_epochs=-1, accelerator=tr.accelerator, devices=tr.devices,
         strategy=tr.strategy, num_nodes=tr.num_nodes, precision=t.precision, gradient_clip_val=t.grad_clip,
-        logger=TensorBoardLogger(save_dir=str(run_dir), name="", version="tb", default_hp_metric=False),
+        logger=TensorBoardLogger(save_dir=str(run.path), name="", version=run.tb.name, default_hp_metric=False),
         callbacks=callbacks, val_check_interval=min(t.val_every, t.max_steps), check_val_every_n_epoch=None,
         limit_val_batches=t.val_batches, log_every_n_steps=t.log_every, num_sanity_val_steps=0,
-        enable_progress_bar=tr.enable_progress_bar, enable_model_summary=False, default_root_dir=str(run_dir))
+        enable_progress_bar=tr.enable_progress_bar, enable_model_summary=False, default_root_dir=str(run.path))
     start = time.time()
-    trainer.fit(module, datamodule=SARDataModule(cfg.data), ckpt_path=str(last) if status == "partial" else None)
+    trainer.fit(module, datamodule=SARDataModule(cfg.data), ckpt_path=str(run.last) if status == "partial" else None)
     if trainer.is_global_zero and trainer.global_step >= t.max_steps:
         done = {"run_id": rid, "global_step": trainer.global_step, "seconds_this_session": time.time() - start,
                 "params": module.model.num_params(),
                 "val_loss": float(trainer.callback_metrics.get("val/loss", float("nan")))}
-        atomic_write_text(run_dir / "done.json", json.dumps(done, indent=1))
+        run.write_done(done)
         print(f"[train] {rid}: finished at step {trainer.global_step}")
-    return run_dir
+    return run.path
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -21,8 +21,8 @@ ORDERS = ["raster", "fixed_random", "random"]  # fixed_random: an order name wit
 
 def _row(run_id, order, k, fd, kv=True, infer_order=None, attn="causal", extractor="digits_cnn", ckpt=100, **kw):
     return dict(run_id=run_id, data="digits", model="tiny", params=1, train_order=order, train_schedule="ar",
-                train_num_sets=None, train_num_sets_range=None, ckpt_step=ckpt, ema=True,
-                infer_order=infer_order or order, infer_schedule="cosine", num_steps=k, cfg=1.0,
+                train_num_steps=None, train_num_steps_range=None, ckpt_step=ckpt, ema=True,
+                infer_order=infer_order or order, infer_schedule="cosine", num_steps=k, cfg_scale=1.0,
                 cfg_schedule="constant", temperature=1.0, top_k=None, top_p=None, kv_cache=kv, attn=attn,
                 num_samples=100, reference="val", extractor=extractor, seed=0, fd=fd, kid=0.1, kid_std=0.01,
                 precision=0.5, recall=0.5, class_acc=0.9, sec_per_image=1e-3 * k * (1 if kv else 4), batch_size=8,

@@ -18,8 +18,8 @@ from sar_lightning.train import train
 
 REPO = Path(__file__).resolve().parents[1]
 SMOKE = REPO / "experiments" / "smoke.yaml"
-COLUMNS = {"run_id", "data", "model", "params", "train_order", "train_schedule", "train_num_sets", "ckpt_step",
-           "ema", "infer_order", "infer_schedule", "num_steps", "cfg", "cfg_schedule", "temperature", "top_k",
+COLUMNS = {"run_id", "data", "model", "params", "train_order", "train_schedule", "train_num_steps", "ckpt_step",
+           "ema", "infer_order", "infer_schedule", "num_steps", "cfg_scale", "cfg_schedule", "temperature", "top_k",
            "top_p", "kv_cache", "num_samples", "reference", "extractor", "fd", "kid", "precision", "recall",
            "class_acc", "sec_per_image", "batch_size", "device", "git_sha"}
 FAST_EVAL = ["infer.num_samples=60", "infer.batch_size=32", "infer.timing_batch=8", "infer.timing_repeats=1"]
@@ -55,7 +55,7 @@ def test_evaluate_writes_rows_then_skips_and_adds_only_new_settings(run_dir, cap
 def test_same_seed_same_samples_at_batch_size_8_and_32(run_dir):
     model, info, _, _ = load_run_model(run_dir)
     cfg = load_config(run_dir / "config.yaml")
-    setting = dict(infer_order="random", infer_schedule="random", num_steps=8, cfg=2.0, cfg_schedule="linear",
+    setting = dict(infer_order="random", infer_schedule="random", num_steps=8, cfg_scale=2.0, cfg_schedule="linear",
                    temperature=1.0, top_k=None, top_p=0.95, kv_cache=True, attn="causal", seed=3)
     index = torch.arange(40)
     tok = decoder_for(cfg.data)

@@ -113,7 +113,7 @@ def test_bad_k_raises(name):
     for k in (0, -1, 65):
         with pytest.raises(ValueError, match="K"):
             make_intervals(name, 64, k)
-    with pytest.raises(ValueError, match="num_sets"):
+    with pytest.raises(ValueError, match="num_steps"):
         make_intervals(name, 64)
 
 

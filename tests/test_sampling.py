@@ -49,7 +49,7 @@ def test_cached_equals_uncached(case):
     intervals = make_intervals(schedule, N, k, generator=gen(1))
     m = model(mode=mode)
     run = lambda cache: generate(m, LABELS, order=order, intervals=intervals, generator=gen(2),
-                                 use_kv_cache=cache, **opts)
+                                 kv_cache=cache, **opts)
     cached, plain = run(True), run(False)
     assert cached.shape == (3, N) and cached.dtype == torch.long
     assert bool((cached >= 0).all() and (cached < V).all())
@@ -60,7 +60,7 @@ def test_cached_equals_uncached(case):
 def test_cached_equals_uncached_with_seeds_and_a_random_order():
     seeds = torch.tensor([11, 12, 13])
     kw = dict(order="random", intervals=make_intervals("uniform", N, 8), cfg_scale=2.0, seeds=seeds)
-    assert torch.equal(generate(model(), LABELS, **kw), generate(model(), LABELS, use_kv_cache=False, **kw))
+    assert torch.equal(generate(model(), LABELS, **kw), generate(model(), LABELS, kv_cache=False, **kw))
 
 
 def test_seeds_make_samples_independent_of_the_batch():
@@ -88,7 +88,7 @@ def test_raster_ar_greedy_matches_a_forward_loop(name):
     m = model(name)
     expect = greedy_loop(m, LABELS)
     for cache in (True, False):
-        got = generate(m, LABELS, order="raster", intervals=[1] * N, top_k=1, use_kv_cache=cache)
+        got = generate(m, LABELS, order="raster", intervals=[1] * N, top_k=1, kv_cache=cache)
         assert torch.equal(got, expect)
 
 
@@ -113,7 +113,7 @@ def test_inpainting_keeps_the_known_cells(order):
     kw = dict(order=order, intervals=intervals, prefill=(tokens, known), cfg_scale=2.0)
     out = generate(model(), LABELS, generator=gen(3), **kw)
     assert torch.equal(out[known], tokens[known])
-    assert torch.equal(out, generate(model(), LABELS, generator=gen(3), use_kv_cache=False, **kw))
+    assert torch.equal(out, generate(model(), LABELS, generator=gen(3), kv_cache=False, **kw))
     # the known cells are context: other known tokens change the rest
     other = generate(model(), LABELS, generator=gen(3), **{**kw, "prefill": ((tokens + 1) % V, known)})
     assert not torch.equal(out[~known], other[~known])
@@ -145,15 +145,15 @@ def test_inpainting_rejects_bad_requests():
 def test_full_inference_attention():
     full = model(mode="full")
     kw = dict(order="random", intervals=make_intervals("uniform", N, 8), cfg_scale=2.0)
-    default = generate(full, LABELS, generator=gen(0), **kw)  # use_kv_cache=True asks for the cache
-    assert torch.equal(default, generate(full, LABELS, generator=gen(0), inference_attn="full", **kw))
-    assert torch.equal(default, generate(full, LABELS, generator=gen(0), use_kv_cache=False, **kw))
+    default = generate(full, LABELS, generator=gen(0), **kw)  # kv_cache=True asks for the cache
+    assert torch.equal(default, generate(full, LABELS, generator=gen(0), attn="full", **kw))
+    assert torch.equal(default, generate(full, LABELS, generator=gen(0), kv_cache=False, **kw))
     with pytest.raises(ValueError, match="full"):
-        generate(full, LABELS, inference_attn="causal", **kw)
+        generate(full, LABELS, attn="causal", **kw)
     # a block-causal model may also sample with the MAR-style view; it differs from the causal one
     causal = model()
-    a = generate(causal, LABELS, generator=gen(0), inference_attn="full", **kw)
-    b = generate(causal, LABELS, generator=gen(0), inference_attn="full", use_kv_cache=False, **kw)
+    a = generate(causal, LABELS, generator=gen(0), attn="full", **kw)
+    b = generate(causal, LABELS, generator=gen(0), attn="full", kv_cache=False, **kw)
     assert torch.equal(a, b)
     assert not torch.equal(a, generate(causal, LABELS, generator=gen(0), **kw))
 
@@ -163,7 +163,7 @@ def test_bad_requests_raise():
     with pytest.raises(ValueError, match="constant"):
         generate(model(), LABELS, cfg_scale=2.0, cfg_schedule="cosine", **kw)
     with pytest.raises(ValueError, match="causal"):
-        generate(model(), LABELS, inference_attn="sideways", **kw)
+        generate(model(), LABELS, attn="sideways", **kw)
     with pytest.raises(ValueError, match="sum to 60"):
         generate(model(), LABELS, order="random", intervals=[15] * 4)
     with pytest.raises(ValueError, match="shape"):

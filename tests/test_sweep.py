@@ -31,8 +31,8 @@ def _grid(tmp_path: Path, runs: str, name: str = "two", evals: str | None = None
     return path
 
 
-TWO_RUNS = ("  - {label: AR, overrides: {train.order: raster, train.schedule: ar, train.num_sets: null}}\n"
-            "  - {label: SAR-TS, overrides: {train.order: random, train.schedule: random, train.num_sets: 4}}\n")
+TWO_RUNS = ("  - {label: AR, overrides: {train.order: raster, train.schedule: ar, train.num_steps: null}}\n"
+            "  - {label: SAR-TS, overrides: {train.order: random, train.schedule: random, train.num_steps: 4}}\n")
 
 
 @pytest.mark.parametrize("grid", GRIDS, ids=lambda p: p.stem)
@@ -108,9 +108,9 @@ def test_a_failed_run_is_reported_and_the_others_finish(tmp_path, capsys):
 def test_an_interrupted_sweep_resumes(tmp_path):
     # A short AR run and a longer SAR-TS run side by side: kill the sweep once the first is done and
     # the second has a checkpoint; the same command then skips the first and resumes the second.
-    runs = ("  - {label: AR, overrides: {train.order: raster, train.schedule: ar, train.num_sets: null, "
+    runs = ("  - {label: AR, overrides: {train.order: raster, train.schedule: ar, train.num_steps: null, "
             "train.max_steps: 12}}\n"
-            "  - {label: SAR-TS, overrides: {train.order: random, train.schedule: random, train.num_sets: 4, "
+            "  - {label: SAR-TS, overrides: {train.order: random, train.schedule: random, train.num_steps: 4, "
             "train.max_steps: 200, train.ckpt_every: 10, train.val_every: 100}}\n")
     grid, root = _grid(tmp_path, runs), tmp_path / "runs"
     cmd = [sys.executable, "-m", "sar_lightning.sweep", str(grid), "--profile", "smoke", "--jobs", "2",

@@ -62,7 +62,7 @@ def test_every_experiment_yaml_loads(path, tmp_path):
     ("train.schedule=fancy", "cosine"),
     ("model.name=huge", "tiny"),
     ("model.decoder_attn=sideways", "block_causal"),
-    ("train.num_sets=65", "K=65"),  # more sets than the 64 tokens of digits
+    ("train.num_steps=65", "K=65"),  # more sets than the 64 tokens of digits
     ("model.name=gpt-tiny", "train.order=raster"),  # GPT is raster next-token only
     ("infer.num_steps=[0,4]", "infer.num_steps"),
 ])
@@ -118,7 +118,7 @@ def test_smoke_fit_writes_config_checkpoints_logs_and_skips_when_done(tmp_path, 
 def test_codes_dataset_trains(tmp_path):
     folder = _codes_folder(tmp_path)
     cfg = load_config(SMOKE, [f"root={tmp_path / 'runs'}", "data.name=codes", f"data.path={folder}",
-                              "data.batch_size=16", "train.num_sets=4", *FAST, "train.sample_steps=[2,16]",
+                              "data.batch_size=16", "train.num_steps=4", *FAST, "train.sample_steps=[2,16]",
                               "infer.num_steps=[1,4]"])
     run = train(cfg)
     assert json.loads((run / "done.json").read_text())["global_step"] == 8

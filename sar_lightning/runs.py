@@ -1,0 +1,160 @@
+"""The run folder: its layout, its status, the results schema and the model it holds.
+
+One folder per trained run, ``<root>/<run_id>`` (the id comes from the config, ``config.run_id``)::
+
+    config.yaml      the resolved config; training from it reproduces the run
+    checkpoints/     last.ckpt and step snapshots (stepNNNNNN.ckpt)
+    tb/              TensorBoard: training curves, sample grids, eval scalars, HParams
+    samples/         PNG grids written during training
+    done.json        written once training reached max_steps
+    results.jsonl    one row per (checkpoint, sampler setting), appended by evaluate
+    sweep.log        the commands a sweep ran for this run and their output
+
+and, beside the run folders, ``<root>/sweeps/<grid>-<profile>[-<data>].json``: which runs a sweep made.
+Every module that reads or writes these files goes through this one.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from .files import atomic_write_text
+
+CONFIG, DONE, RESULTS, LOG = "config.yaml", "done.json", "results.jsonl", "sweep.log"
+CHECKPOINTS, LAST, TB, SAMPLES, SWEEPS = "checkpoints", "last.ckpt", "tb", "samples", "sweeps"
+
+# What makes two result rows of one run the same sampler setting: evaluate skips a setting whose key
+# is already in results.jsonl, and the analysis keeps one row per key.
+SETTING_KEYS = ("ckpt_step", "ema", "infer_order", "infer_schedule", "num_steps", "cfg_scale", "cfg_schedule",
+                "temperature", "top_k", "top_p", "kv_cache", "attn", "num_samples", "reference", "extractor",
+                "seed")
+# Result columns renamed since results were first written: old name -> new (read_results migrates).
+RENAMED_COLUMNS = {"cfg": "cfg_scale", "train_num_sets": "train_num_steps",
+                   "train_num_sets_range": "train_num_steps_range"}
+
+
+@dataclass(frozen=True)
+class RunDir:
+    """Paths and status of one run folder; ``RunDir(path)`` touches nothing on disk."""
+
+    path: Path
+
+    def __init__(self, path: str | Path):
+        object.__setattr__(self, "path", Path(path))
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+    config = property(lambda self: self.path / CONFIG)
+    done = property(lambda self: self.path / DONE)
+    results = property(lambda self: self.path / RESULTS)
+    checkpoints = property(lambda self: self.path / CHECKPOINTS)
+    last = property(lambda self: self.path / CHECKPOINTS / LAST)
+    tb = property(lambda self: self.path / TB)
+    samples = property(lambda self: self.path / SAMPLES)
+    log = property(lambda self: self.path / LOG)
+
+    def checkpoint(self, name: str = "last") -> Path:
+        """``last``, ``step000500`` or a file name under ``checkpoints/``."""
+        return self.checkpoints / (name if name.endswith(".ckpt") else f"{name}.ckpt")
+
+    def status(self) -> str:
+        """``done`` (finished), ``partial`` (has a checkpoint to resume) or ``new``."""
+        if self.done.exists():
+            return "done"
+        return "partial" if self.last.exists() else "new"
+
+    def read_done(self) -> dict:
+        return json.loads(self.done.read_text())
+
+    def write_done(self, info: dict) -> None:
+        atomic_write_text(self.done, json.dumps(info, indent=1))
+
+    def read_results(self) -> list[dict]:
+        return read_results(self.results)
+
+    def append_result(self, row: dict) -> None:
+        append_results(self.results, [row])
+
+
+def setting_id(row: dict) -> tuple:
+    """The key of a result row's sampler setting (``SETTING_KEYS``)."""
+    return tuple(row.get(k) for k in SETTING_KEYS)
+
+
+def migrate_row(row: dict) -> dict:
+    """A result row under today's column names (rows written before a rename keep loading)."""
+    for old, new in RENAMED_COLUMNS.items():
+        if old in row and new not in row:
+            row[new] = row.pop(old)
+    return row
+
+
+def read_results(path: str | Path) -> list[dict]:
+    """The rows of a ``results.jsonl``, migrated to today's column names; [] when there is none."""
+    path = Path(path)
+    if not path.exists():
+        return []
+    rows = []
+    for n, line in enumerate(path.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            rows.append(migrate_row(json.loads(line)))
+        except json.JSONDecodeError:
+            print(f"[results] skipping unreadable line {n} of {path}", file=sys.stderr)
+    return rows
+
+
+def append_results(path: str | Path, rows: list[dict]) -> None:
+    """Add ``rows`` to a ``results.jsonl`` by rewriting it atomically (old rows kept, never torn)."""
+    old = Path(path).read_text() if Path(path).exists() else ""
+    atomic_write_text(path, old + "".join(json.dumps(r, sort_keys=True) + "\n" for r in rows))
+
+
+def manifest_path(root: str | Path, grid: str, tag: str) -> Path:
+    """Where a sweep records its runs: ``<root>/sweeps/<grid>-<tag>.json`` (tag: profile[-data])."""
+    return Path(root) / SWEEPS / f"{grid}-{tag}.json"
+
+
+def read_manifests(root: str | Path, pattern: str = "*.json") -> list[dict]:
+    """The sweep manifests ``<root>/sweeps/<pattern>``, each with its ``grid`` name, in name order."""
+    out = []
+    for manifest in sorted(Path(root, SWEEPS).glob(pattern)):
+        try:
+            m = json.loads(manifest.read_text())
+        except (OSError, json.JSONDecodeError) as e:
+            print(f"[results] skipping unreadable manifest {manifest}: {e}", file=sys.stderr)
+            continue
+        out.append(m | {"grid": m.get("grid") or manifest.stem.split("-")[0]})
+    return out
+
+
+def fd_tag(extractor: str, num_steps: int) -> str:
+    """TensorBoard tag of the Frechet distance at one step count, e.g. ``eval/fd_digits_cnn/steps_016``."""
+    return f"eval/fd_{extractor}/steps_{num_steps:03d}"
+
+
+def load_model(run_dir: str | Path, ckpt: str = "last", ema: bool = True):
+    """The run's model in eval mode, with EMA weights (``ema=True``, when the run kept them) or raw ones.
+
+    Returns ``(model, info, global_step, used_ema)``; ``info`` is the data's grid, vocabulary, classes.
+    """
+    from .module import SARLightningModule
+
+    run = RunDir(run_dir)
+    path = run.checkpoint(ckpt)
+    if not path.exists():
+        raise FileNotFoundError(f"checkpoint {path} not found; train the run first "
+                                f"(python -m sar_lightning.train {run.config})")
+    state = torch.load(path, map_location="cpu", weights_only=False)
+    module = SARLightningModule(**state["hyper_parameters"])
+    has_ema = "current_model_state" in state  # Lightning's EMA callback stores raw weights there
+    module.load_state_dict(state["state_dict"] if (ema or not has_ema) else state["current_model_state"])
+    return module.model.eval(), state["hyper_parameters"]["info"], state["global_step"], ema and has_ema
