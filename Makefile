@@ -50,6 +50,9 @@ train: install ## one run: make train CONFIG=experiments/smoke.yaml ARGS="train.
 evaluate: install ## evaluate one run: make evaluate RUN=runs/<run_id> ARGS="infer.num_steps=[1,4]"
 	$(PY) -m sar_lightning.evaluate $(RUN) $(ARGS)
 
+sample: install ## sample one run into a PNG grid: make sample RUN=runs/<run_id> ARGS="--steps 4 --progress"
+	$(PY) -m sar_lightning.sample $(RUN) $(ARGS)
+
 sweep-orders: install $(DATA_PREP) ## the main job: every order at K = N, FD vs steps + train x inference order matrix (DATA=fashion_mnist: on VQ codes)
 	$(SWEEP) experiments/grids/orders.yaml $(ARGS) && $(PLOT) --grid orders
 

@@ -269,22 +269,26 @@ def num_steps_label(cfg: Config, num_tokens: int) -> str:
 _NOT_IDENTITY = {"root", "infer", "trainer", "threads"}
 
 
-def run_id(cfg: Config) -> str:
-    """``{order}-{K}-{schedule}_{model}_{data}_s{seed}_{hash}``: semantic, never from the clock.
-
-    The hash covers every setting that changes what is trained (not evaluation, hardware or paths).
-    """
-    from .data import data_info
-
-    info = data_info(cfg.data)
+def run_identity(cfg: Config) -> dict:
+    """Every setting that changes what is trained (not evaluation, logging cadence, hardware or paths),
+    under the key names the first runs were written with: the run id hashes this."""
     ident = {k: v for k, v in to_dict(cfg).items() if k not in _NOT_IDENTITY}
     for k in ("log_every", "val_batches", "sample_steps"):
         ident["train"].pop(k, None)
-    for old, new in RENAMED_KEYS.items():  # hash the names the first runs were written with
-        section, old_key, new_key = old.split(".")[0], old.split(".")[1], new.split(".")[1]
+    for old, new in RENAMED_KEYS.items():
+        (section, old_key), new_key = old.split("."), new.split(".")[1]
         ident[section][old_key] = ident[section].pop(new_key)
     ident["data"].pop("num_workers", None)
-    digest = hashlib.sha1(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:6]
+    return ident
+
+
+def run_id(cfg: Config) -> str:
+    """``{order}-{K}-{schedule}_{model}_{data}_s{seed}_{hash}``: semantic, never from the clock; the hash
+    covers ``run_identity``."""
+    from .data import data_info
+
+    info = data_info(cfg.data)
+    digest = hashlib.sha1(json.dumps(run_identity(cfg), sort_keys=True).encode()).hexdigest()[:6]
     order = cfg.train.order.replace(":", "")
     k = num_steps_label(cfg, info["height"] * info["width"])
     data = cfg.data.name if cfg.data.name != "codes" else Path(cfg.data.path or "codes").name

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import tempfile
 from pathlib import Path
@@ -32,17 +31,3 @@ def atomic_write_text(path: str | Path, text: str) -> None:
             os.fsync(f.fileno())
 
     atomic_write(path, write)
-
-
-def read_jsonl(path: str | Path) -> list[dict]:
-    path = Path(path)
-    if not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-
-
-def append_jsonl(path: str | Path, rows: list[dict]) -> None:
-    """Add ``rows`` to a JSON-lines file by rewriting it atomically (old rows kept, never torn)."""
-    old = Path(path).read_text() if Path(path).exists() else ""
-    new = "".join(json.dumps(r, sort_keys=True) + "\n" for r in rows)
-    atomic_write_text(path, old + new)

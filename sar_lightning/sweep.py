@@ -93,9 +93,10 @@ def experiments_root(grid_path: Path) -> Path:
     return Path(__file__).resolve().parents[1] / "experiments"
 
 
-def _profile(grid: GridSpec, profile: str, experiments: Path, data: str | None = None) -> tuple[dict, dict]:
-    """Run overrides and eval overrides of a profile: grids/profiles.yaml first, then the grid's own,
-    then the data overlay ``grids/data/<data>.yaml``."""
+def _profile(grid: GridSpec, profile: str, experiments: Path, data: str | None = None) -> tuple[list, dict, dict]:
+    """Experiment files, run overrides and eval overrides of a profile: grids/profiles.yaml first, then the
+    grid's own, then the data overlay ``grids/data/<data>.yaml``. The files (``defaults:``, names under
+    ``experiments/``) merge after the grid's own defaults, the overrides after both."""
     if profile not in PROFILES:
         raise ConfigError(f"unknown profile {profile!r}; valid profiles: {', '.join(PROFILES)}")
     shared_file = experiments / "grids" / "profiles.yaml"
@@ -109,7 +110,10 @@ def _profile(grid: GridSpec, profile: str, experiments: Path, data: str | None =
         overlay = OmegaConf.load(overlay_file)
     merged = OmegaConf.merge(shared.get(profile, {}), grid.profiles.get(profile, {}), overlay.get(profile, {}))
     tree = OmegaConf.to_container(merged)
-    return tree.get("train", {}) or {}, tree.get("eval", {}) or {}
+    unknown = set(tree) - {"defaults", "train", "eval"}
+    if unknown:
+        raise ConfigError(f"profile {profile!r}: unknown keys {sorted(unknown)}; valid: defaults, train, eval")
+    return tree.get("defaults") or [], tree.get("train") or {}, tree.get("eval") or {}
 
 
 def expand(grid_path: str | Path, profile: str = "default", root: str | None = None, jobs: int = 1,
@@ -118,7 +122,8 @@ def expand(grid_path: str | Path, profile: str = "default", root: str | None = N
     grid_path = Path(grid_path)
     grid = load_grid(grid_path)
     experiments = experiments_root(grid_path)
-    run_over, eval_over = _profile(grid, profile, experiments, data)
+    files, run_over, eval_over = _profile(grid, profile, experiments, data)
+    defaults = [*grid.defaults, *files]
     threads = max(1, (os.cpu_count() or 1) // max(1, jobs))
     out, seen, configs = [], {}, []
     for spec in grid.runs:
@@ -126,18 +131,18 @@ def expand(grid_path: str | Path, profile: str = "default", root: str | None = N
         overrides = [*_dotlist(run_over), *_dotlist(spec.overrides), *extra]
         if root is not None:
             overrides.append(f"root={root}")
-        cfg = load_config(None, overrides, defaults=grid.defaults, experiments=experiments)
+        cfg = load_config(None, overrides, defaults=defaults, experiments=experiments)
         if spec.family:
             name = f"{spec.family}-{cfg.model.name}"
             if name not in MODELS:
                 raise ConfigError(f"grid {grid.name}, run {spec.label!r}: no model {name!r} for family "
                                   f"{spec.family!r}; valid models: {', '.join(MODELS)}")
             overrides += [f"model.name={name}", *_dotlist(model_class(name).required_training)]
-            cfg = load_config(None, overrides, defaults=grid.defaults, experiments=experiments)
+            cfg = load_config(None, overrides, defaults=defaults, experiments=experiments)
         info = data_info(cfg.data)
         n_tok = info["height"] * info["width"]
         evals = [_dotlist({**eval_over, **e}, n_tok) for e in (grid.evals or [{}])]
-        cfg = load_config(None, [*overrides, *evals[0]], defaults=grid.defaults, experiments=experiments)
+        cfg = load_config(None, [*overrides, *evals[0]], defaults=defaults, experiments=experiments)
         rid = run_id(cfg)
         if rid in seen:
             raise ConfigError(f"grid {grid.name}: runs {seen[rid]!r} and {spec.label!r} are the same run ({rid})")

@@ -11,10 +11,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-ANALYSIS = Path(__file__).resolve().parents[1] / "analysis"
-sys.path.insert(0, str(ANALYSIS))  # analysis/ holds scripts, not a package
-import collect  # noqa: E402
-import plot_tradeoffs  # noqa: E402
+from sar_lightning import plots as plot_tradeoffs
+from sar_lightning import table as collect
+
+ANALYSIS = Path(__file__).resolve().parents[1] / "analysis"  # the command-line scripts
 
 ORDERS = ["raster", "fixed_random", "random"]  # fixed_random: an order name with an underscore
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -12,8 +13,9 @@ import torch
 
 from sar_lightning.config import ConfigError, load_config
 from sar_lightning.data import decoder_for
-from sar_lightning.evaluate import RESULTS, evaluate, load_run_model, main, sample_images
-from sar_lightning.files import read_jsonl
+from sar_lightning.evaluate import evaluate, main, sample_images
+from sar_lightning.runs import RESULTS, load_model, read_results
+from sar_lightning.sampling import Sampler
 from sar_lightning.train import train
 
 REPO = Path(__file__).resolve().parents[1]
@@ -36,7 +38,7 @@ def run_dir(tmp_path_factory):
 def test_evaluate_writes_rows_then_skips_and_adds_only_new_settings(run_dir, capsys):
     rows = evaluate(run_dir, [*FAST_EVAL, "infer.num_steps=[1,4]", "infer.kv_cache=[true,false]"])
     assert len(rows) == 4
-    table = read_jsonl(run_dir / RESULTS)
+    table = read_results(run_dir / RESULTS)
     assert len(table) == 4 and COLUMNS <= set(table[0])
     assert {(r["num_steps"], r["kv_cache"]) for r in table} == {(1, True), (1, False), (4, True), (4, False)}
     r = table[0]
@@ -49,27 +51,27 @@ def test_evaluate_writes_rows_then_skips_and_adds_only_new_settings(run_dir, cap
     assert evaluate(run_dir, [*FAST_EVAL, "infer.num_steps=[1,4]", "infer.kv_cache=[true,false]"]) == []
     new = evaluate(run_dir, [*FAST_EVAL, "infer.num_steps=[1,4,16]", "infer.kv_cache=[true]"])
     assert [(r["num_steps"], r["kv_cache"]) for r in new] == [(16, True)]
-    assert len(read_jsonl(run_dir / RESULTS)) == 5
+    assert len(read_results(run_dir / RESULTS)) == 5
 
 
 def test_same_seed_same_samples_at_batch_size_8_and_32(run_dir):
-    model, info, _, _ = load_run_model(run_dir)
+    model, info, _, _ = load_model(run_dir)
     cfg = load_config(run_dir / "config.yaml")
-    setting = dict(infer_order="random", infer_schedule="random", num_steps=8, cfg_scale=2.0, cfg_schedule="linear",
-                   temperature=1.0, top_k=None, top_p=0.95, kv_cache=True, attn="causal", seed=3)
+    setting = Sampler("random", "random", num_steps=8, cfg_scale=2.0, cfg_schedule="linear", top_p=0.95,
+                      attn="causal", seed=3)
     index = torch.arange(40)
     tok = decoder_for(cfg.data)
     a = sample_images(model, tok, index, 10, setting, 8, torch.device("cpu"))
     b = sample_images(model, tok, index, 10, setting, 32, torch.device("cpu"))
     c = sample_images(model, tok, index[24:], 10, setting, 5, torch.device("cpu"))  # another partition
     assert torch.equal(a, b) and torch.equal(a[24:], c)
-    other = sample_images(model, tok, index, 10, {**setting, "seed": 4}, 32, torch.device("cpu"))
+    other = sample_images(model, tok, index, 10, dataclasses.replace(setting, seed=4), 32, torch.device("cpu"))
     assert not torch.equal(a, other)
 
 
 def test_raw_and_ema_weights_differ(run_dir):
-    ema, _, _, used_ema = load_run_model(run_dir, ema=True)
-    raw, _, _, used_raw = load_run_model(run_dir, ema=False)
+    ema, _, _, used_ema = load_model(run_dir, ema=True)
+    raw, _, _, used_raw = load_model(run_dir, ema=False)
     assert used_ema and not used_raw
     assert not torch.equal(ema.head.weight, raw.head.weight)
 
@@ -77,7 +79,7 @@ def test_raw_and_ema_weights_differ(run_dir):
 def test_an_interrupted_evaluation_keeps_finished_rows(run_dir, monkeypatch):
     import sar_lightning.metrics as metrics
 
-    before = len(read_jsonl(run_dir / RESULTS))
+    before = len(read_results(run_dir / RESULTS))
     real = metrics.compute_metrics
     calls = {"n": 0}
 
@@ -90,7 +92,7 @@ def test_an_interrupted_evaluation_keeps_finished_rows(run_dir, monkeypatch):
     monkeypatch.setattr(metrics, "compute_metrics", crash_on_second)
     with pytest.raises(KeyboardInterrupt):
         evaluate(run_dir, [*FAST_EVAL, "infer.num_steps=[2,8]", "infer.orders=[raster]"])
-    rows = read_jsonl(run_dir / RESULTS)  # parses: never half-written
+    rows = read_results(run_dir / RESULTS)  # parses: never half-written
     assert len(rows) == before + 1 and rows[-1]["infer_order"] == "raster"
     assert not list(run_dir.glob(".results.jsonl.*"))  # no temporary file left behind
 
@@ -116,7 +118,7 @@ def test_two_processes_give_the_numbers_of_one(run_dir, tmp_path):
     two = subprocess.run([*cmd, str(double), *args, "trainer.devices=2", "trainer.strategy=ddp"], cwd=REPO,
                          capture_output=True, text=True, timeout=300)
     assert one.returncode == 0 and two.returncode == 0, two.stderr[-3000:]
-    (a,), (b,) = read_jsonl(single / RESULTS), read_jsonl(double / RESULTS)
+    (a,), (b,) = read_results(single / RESULTS), read_results(double / RESULTS)
     assert b["world_size"] == 2 and a["world_size"] == 1
     for key in ("fd", "kid", "precision", "recall", "class_acc", "num_samples"):
         assert a[key] == pytest.approx(b[key], rel=1e-5), key

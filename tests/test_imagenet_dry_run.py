@@ -52,7 +52,7 @@ def test_fmt_b_imagenet_config_trains_and_evaluates_on_cpu(tmp_path, monkeypatch
     codes = _imagenet_codes(tmp_path)
     paper = load_config(FMT_B, [f"data.path={codes}"])  # the file as the cluster runs it
     assert (paper.model.name, paper.data.batch_size * paper.trainer.devices, paper.train.lr) == ("B", 256, 1e-4)
-    assert paper.train.max_steps == 300 * 5005 and paper.infer.num_samples == 50 * 1000
+    assert paper.train.max_steps == 200 * 5005 and paper.infer.num_samples == 50 * 1000
 
     # model.name=small: on one CPU thread an FMT-B step takes 10-16 s, each checkpoint is ~2 GB (weights,
     # EMA, AdamW) and a 40-image sample grid at 16 steps ~40 s; everything else is the B file's recipe.

@@ -15,7 +15,7 @@ import pytest
 
 from sar_lightning.config import ConfigError
 from sar_lightning.data import write_codes
-from sar_lightning.files import read_jsonl
+from sar_lightning.runs import read_results
 from sar_lightning.sweep import expand, load_grid, main, sweep
 
 REPO = Path(__file__).resolve().parents[1]
@@ -27,7 +27,7 @@ def _grid(tmp_path: Path, runs: str, name: str = "two", evals: str | None = None
     evals = evals or "  - {infer.orders: [], infer.num_steps: [1, 4, N]}\n"
     path = tmp_path / f"{name}.yaml"
     path.write_text(f"# Question: a test grid\nname: {name}\nquestion: does the sweep run?\n"
-                    f"defaults: [base, infer/default, data/digits]\nruns:\n{runs}evals:\n{evals}")
+                    f"defaults: [base, data/digits]\nruns:\n{runs}evals:\n{evals}")
     return path
 
 
@@ -69,7 +69,7 @@ def test_smoke_sweep_end_to_end_then_rerun_trains_nothing(tmp_path, capsys):
     assert sorted(r["status"] for r in results) == ["trained", "trained"]
     manifest = json.loads((root / "sweeps" / "two-smoke.json").read_text())
     assert [r["label"] for r in manifest["runs"]] == ["AR", "SAR-TS"]
-    rows = {r["run_id"]: read_jsonl(root / r["run_id"] / "results.jsonl") for r in results}
+    rows = {r["run_id"]: read_results(root / r["run_id"] / "results.jsonl") for r in results}
     ar, ts = (rows[r["run_id"]] for r in results)
     assert [r["num_steps"] for r in ar] == [1, 4, 64] and [r["num_steps"] for r in ts] == [1, 4, 64]
     stamps = {p: p.stat().st_mtime for p in root.rglob("*.ckpt")}
@@ -79,7 +79,7 @@ def test_smoke_sweep_end_to_end_then_rerun_trains_nothing(tmp_path, capsys):
     # Only the new step count is sampled when the grid asks for one more.
     grid.write_text(grid.read_text().replace("[1, 4, N]", "[1, 2, 4, N]"))
     sweep(grid, "smoke", jobs=2, root=str(root))
-    assert sorted(r["num_steps"] for r in read_jsonl(root / results[0]["run_id"] / "results.jsonl")) == [1, 2, 4, 64]
+    assert sorted(r["num_steps"] for r in read_results(root / results[0]["run_id"] / "results.jsonl")) == [1, 2, 4, 64]
     # ... and the analysis draws from the table.
     out = tmp_path / "figures"
     plot = subprocess.run([sys.executable, "analysis/plot_tradeoffs.py", "--root", str(root), "--grid", "two",
@@ -135,5 +135,5 @@ def test_submitit_local_executor_runs_the_same_jobs(tmp_path):
     grid, root = _grid(tmp_path, TWO_RUNS.splitlines(keepends=True)[0], name="one"), tmp_path / "runs"
     results = sweep(grid, "smoke", jobs=1, root=str(root), launcher="submitit-local")
     assert [r["status"] for r in results] == ["trained"]
-    assert read_jsonl(root / results[0]["run_id"] / "results.jsonl")
+    assert read_results(root / results[0]["run_id"] / "results.jsonl")
     assert list((root / "sweeps" / "submitit").iterdir())  # submitit's own job folders

@@ -1,0 +1,228 @@
+"""The results table: every run's ``results.jsonl`` in one pandas frame (Parquet and CSV).
+
+    python analysis/collect.py [--root runs] [--out analysis/results]
+
+One row per (run, checkpoint, sampler setting), as the evaluate command wrote it, plus what the run's
+``config.yaml`` and the sweep manifests (``<root>/sweeps/<grid>-<profile>.json``) add: the run's label,
+the grids it belongs to, its decoder attention and first-set loss, and ``fd_<extractor>`` (a copy of
+``fd`` under its extractor's name, so distances from different extractors never share a column).
+Plots read only this table, through the views at the end of this file (:func:`prepare`: each run at its
+latest checkpoint, one row per setting, a ``line`` name per configuration; :func:`own_order`;
+:func:`select_grid`), so that every figure picks its rows the same way.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import yaml
+
+from .config import ModelSection
+from .files import atomic_write
+from .runs import CONFIG, RENAMED_COLUMNS, RESULTS, SETTING_KEYS, read_manifests, read_results
+
+# The schema's defaults, for run folders without a config.yaml.
+MODEL_DEFAULTS = {"decoder_attn": ModelSection.decoder_attn, "first_set_loss": ModelSection.first_set_loss}
+
+
+def sweep_membership(root: str | Path) -> dict[str, dict]:
+    """``run_id -> {"label": str | None, "grids": [grid, ...]}`` from every manifest in ``root/sweeps``."""
+    out: dict[str, dict] = {}
+    for m in read_manifests(root):
+        grid = m["grid"]
+        for run in m.get("runs", []):
+            entry = out.setdefault(run["run_id"], {"label": None, "grids": []})
+            entry["label"] = entry["label"] or run.get("label")  # the first manifest naming it wins
+            if grid not in entry["grids"]:
+                entry["grids"].append(grid)
+    return out
+
+
+def grid_runs(root: str | Path, grid: str) -> tuple[set[str], str | None]:
+    """The run ids of every ``<root>/sweeps/<grid>-*.json`` manifest (any profile) and the grid's question."""
+    ids, question = set(), None
+    for m in read_manifests(root, f"{grid}-*.json"):
+        if m["grid"] == grid:
+            ids |= {r["run_id"] for r in m.get("runs", [])}
+            question = m.get("question") or question
+    return ids, question
+
+
+def fallback_label(run_id: str, model: str | None = None) -> str:
+    """``{order}-{K}-{schedule}`` from a run id ``{order}-{K}-{schedule}_{model}_{data}_s{seed}_{hash}``.
+
+    Orders and schedules may hold underscores themselves (``fixed_random``, ``next_scale``), so cut at
+    ``_{model}_`` when the model is known rather than at the first underscore.
+    """
+    if model and f"_{model}_" in run_id:
+        return run_id.split(f"_{model}_")[0]
+    parts = run_id.split("_")
+    return "_".join(parts[:-4]) if len(parts) > 4 else parts[0]
+
+
+def _run_config(run_dir: Path) -> dict:
+    file = run_dir / CONFIG
+    try:
+        return (yaml.safe_load(file.read_text()) or {}) if file.exists() else {}
+    except yaml.YAMLError as e:
+        print(f"[collect] unreadable {file} ({e}); using the schema's model defaults", file=sys.stderr)
+        return {}
+
+
+def collect(root: str | Path = "runs") -> pd.DataFrame:
+    """Every result row under ``root``, with labels, grids and model options; an empty frame if none."""
+    root = Path(root)
+    members = sweep_membership(root) if root.is_dir() else {}
+    rows = []
+    for results in sorted(root.glob(f"*/{RESULTS}")):
+        model_cfg = {**MODEL_DEFAULTS, **(_run_config(results.parent).get("model") or {})}
+        for row in read_results(results):
+            row.setdefault("run_id", results.parent.name)
+            member = members.get(row["run_id"], {})
+            row["label"] = member.get("label") or fallback_label(row["run_id"], row.get("model"))
+            row["grids"] = ",".join(member.get("grids", []))
+            row["decoder_attn"] = model_cfg["decoder_attn"]
+            row["first_set_loss"] = bool(model_cfg["first_set_loss"])
+            if row.get("extractor") and "fd" in row:
+                row[f"fd_{row['extractor']}"] = row["fd"]
+            rows.append(row)
+    return _tidy(pd.DataFrame(rows))
+
+
+def _tidy(df: pd.DataFrame) -> pd.DataFrame:
+    """One type per column, so Parquet accepts it and a CSV reload gives back the same values."""
+    for col in df.columns:
+        values = df[col].dropna()
+        if values.map(lambda v: isinstance(v, (list, tuple, dict))).any():
+            # e.g. train_num_steps_range [2, 32]: stored as its JSON text, missing stays missing
+            df[col] = df[col].map(lambda v: json.dumps(v) if isinstance(v, (list, tuple, dict)) else v)
+        elif values.empty and df[col].dtype == object:
+            df[col] = df[col].astype(float)  # all None (top_k, top_p unset): a float column of NaN
+    if "grids" in df:
+        df["grids"] = df["grids"].fillna("")
+    return df
+
+
+
+
+def write_table(df: pd.DataFrame, out: str | Path) -> tuple[Path, Path]:
+    """``<out>.parquet`` and ``<out>.csv`` (``out`` without a suffix), each replaced in one rename."""
+    out = str(out).removesuffix(".parquet").removesuffix(".csv")
+    parquet, csv = Path(out + ".parquet"), Path(out + ".csv")
+    atomic_write(parquet, lambda p: df.to_parquet(p, index=False))
+    atomic_write(csv, lambda p: df.to_csv(p, index=False))
+    return parquet, csv
+
+
+def load_table(source: str | Path) -> pd.DataFrame:
+    """A table file (``.parquet`` or ``.csv``) written by :func:`write_table`, or a runs root to collect."""
+    source = Path(source)
+    if source.suffix in (".parquet", ".csv"):
+        if not source.exists():
+            raise FileNotFoundError(f"no results table at {source}: run `python analysis/collect.py` first")
+        df = pd.read_parquet(source) if source.suffix == ".parquet" else pd.read_csv(source)
+        return _tidy(df.rename(columns=RENAMED_COLUMNS))  # a table written before a column was renamed
+    return collect(source)
+
+
+# ---- views of the table that every figure shares ----------------------------------------------------------------
+
+# What makes two rows of one run the same sampler setting (the run folder's, less the sample count).
+SETTING = tuple(k for k in SETTING_KEYS if k != "num_samples")
+REQUIRED = ("run_id", "extractor", "fd", "num_steps")
+DEFAULTS = {"kv_cache": True, "attn": "causal", "cfg_scale": 1.0, "decoder_attn": "block_causal", "grids": "",
+            "ckpt_step": 0}
+
+
+def check_columns(df: pd.DataFrame) -> None:
+    """Raise ValueError naming the columns without which nothing can be plotted."""
+    missing = [c for c in REQUIRED if c not in df]
+    if missing:
+        raise ValueError(f"the table has no {', '.join(missing)} column(s): nothing to plot")
+
+
+def prepare(df: pd.DataFrame, notes: list[str]) -> pd.DataFrame:
+    """Fill optional columns, keep each run's latest checkpoint and newest row per setting, add ``line``."""
+    check_columns(df)
+    df = df.copy()
+    for col, default in DEFAULTS.items():
+        if col not in df:
+            notes.append(f"no {col} column: assuming {col} = {default!r}")
+        df[col] = df[col].fillna(default) if col in df else default
+    df["kv_cache"] = df["kv_cache"].astype(bool)
+    fallback = [fallback_label(r, m) for r, m in zip(df["run_id"], df["model"] if "model" in df else [None] * len(df))]
+    df["label"] = df["label"].fillna(pd.Series(fallback, index=df.index)) if "label" in df else fallback
+    unusable = df["fd"].isna() | df["num_steps"].isna() | df["extractor"].isna()
+    if unusable.any():
+        notes.append(f"{int(unusable.sum())} rows without fd/num_steps/extractor skipped")
+    df = df[~unusable].astype({"num_steps": int})
+    old = df["ckpt_step"] < df.groupby("run_id")["ckpt_step"].transform("max")
+    if old.any():
+        notes.append(f"{int(old.sum())} rows of earlier checkpoints skipped (each run at its latest)")
+    # A setting evaluated twice: results.jsonl appends, so the last row is the newest.
+    df = df[~old].drop_duplicates(["run_id", *[c for c in SETTING if c in df]], keep="last")
+    config, line = _line_key(df)
+    return df.assign(config=config, line=line)
+
+
+def _line_key(df: pd.DataFrame) -> tuple[pd.Series, pd.Series]:
+    """(config, line): one name per trained model, and per model and inference variant, in every figure."""
+    runs_per_label = df.groupby("label")["run_id"].transform("nunique")
+    # Two runs with one label (the same grid under two profiles): tell them apart by the run's hash.
+    config = df["label"].astype(str).where(runs_per_label == 1, df["label"] + " [" + df["run_id"].str[-6:] + "]")
+    full = df["attn"].eq("full") & df["decoder_attn"].ne("full")
+    line = config + np.where(full, " (full attn at inference)", "")
+    if "infer_schedule" in df:  # e.g. the VAR-like run also sampled with its own next_scale intervals
+        schedule = df["infer_schedule"].fillna("").astype(str)
+        usual = schedule.groupby(df["run_id"]).transform(lambda s: s.mode().iloc[0])
+        line = line + np.where(schedule.ne(usual), ", " + schedule + " intervals", "")
+    return config, line
+
+
+def own_order(df: pd.DataFrame, notes: list[str] | None = None) -> pd.DataFrame:
+    """Each model sampled in its own training order at CFG scale 1: the rows that compare recipes fairly."""
+    if {"infer_order", "train_order"} <= set(df.columns):
+        df = df[df["infer_order"] == df["train_order"]]
+    elif notes is not None:
+        notes.append("no train_order/infer_order columns: every row taken as sampled in its own order")
+    return df[df["cfg_scale"] == 1.0]
+
+
+def one_per_point(df: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
+    # Cached rows first: full attention at inference cannot use the cache, so its rows say kv_cache False.
+    return df.sort_values("kv_cache", ascending=False, kind="stable").drop_duplicates(keys)
+
+
+def select_grid(df: pd.DataFrame, root: str, grid: str) -> tuple[pd.DataFrame, str | None]:
+    """The rows of the runs in ``<root>/sweeps/<grid>-*.json``, or tagged with the grid by collect."""
+    ids, question = grid_runs(root, grid)
+    tagged = df["grids"].fillna("").astype(str).str.split(",").apply(lambda g: grid in g) if "grids" in df else False
+    return df[df["run_id"].isin(ids) | tagged], question
+
+
+def no_results_message(root: str | Path) -> str:
+    return (f"no results under {root}/*/results.jsonl: train and evaluate runs first "
+            "(e.g. make sweep-orders)")
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--root", default="runs", help="the folder holding the run folders (default: runs)")
+    p.add_argument("--out", default="analysis/results", help="writes <out>.parquet and <out>.csv")
+    args = p.parse_args(argv)
+    df = collect(args.root)
+    if df.empty:
+        print(no_results_message(args.root), file=sys.stderr)
+        return 1
+    parquet, csv = write_table(df, args.out)
+    print(f"[collect] {len(df)} rows from {df['run_id'].nunique()} runs under {args.root} -> {parquet}, {csv}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
