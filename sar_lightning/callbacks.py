@@ -84,6 +84,18 @@ def write_hparams(writer, hparams: dict, metric_keys: list[str]) -> None:
     writer.flush()
 
 
+class ProgressFile(L.Callback):
+    """Writes the step to the run's ``progress.json`` every ``every`` steps (the sweep displays it)."""
+
+    def __init__(self, run, every: int):
+        self.run, self.every = run, every
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        step = trainer.global_step
+        if trainer.is_global_zero and (step % self.every == 0 or step == trainer.max_steps):
+            self.run.write_progress("training", step, trainer.max_steps)
+
+
 class FinalCheckpoint(L.Callback):
     """Saves ``last.ckpt`` and a step snapshot at the last step (ModelCheckpoint only saves on its
     cadence), while the EMA callback still holds raw and averaged weights apart."""

@@ -152,6 +152,8 @@ def evaluate(run_dir: str | Path, overrides: list[str] | tuple = ()) -> list[dic
     written, world, rank = [], fabric.world_size, fabric.global_rank
     per_rank = -(-cfg.infer.num_samples // world)  # ceil: pad so every rank gathers the same shape
     for i, setting in enumerate(todo, 1):
+        if rank == 0:
+            run.write_progress("evaluating", i - 1, len(todo))
         sampler = Sampler.from_row(setting)
         index = torch.arange(rank * per_rank, (rank + 1) * per_rank).clamp_max(cfg.infer.num_samples - 1)
         images = sample_images(model, tokenizer, index, info["num_classes"], sampler, cfg.infer.batch_size,

@@ -9,6 +9,7 @@ One folder per trained run, ``<root>/<run_id>`` (the id comes from the config, `
     done.json        written once training reached max_steps
     results.jsonl    one row per (checkpoint, sampler setting), appended by evaluate
     sweep.log        the commands a sweep ran for this run and their output
+    progress.json    what train or evaluate is doing now (the sweep's progress display reads it)
 
 and, beside the run folders, ``<root>/sweeps/<grid>-<profile>[-<data>].json``: which runs a sweep made.
 Every module that reads or writes these files goes through this one.
@@ -25,7 +26,7 @@ import torch
 
 from .files import atomic_write_text
 
-CONFIG, DONE, RESULTS, LOG = "config.yaml", "done.json", "results.jsonl", "sweep.log"
+CONFIG, DONE, RESULTS, LOG, PROGRESS = "config.yaml", "done.json", "results.jsonl", "sweep.log", "progress.json"
 CHECKPOINTS, LAST, TB, SAMPLES, SWEEPS = "checkpoints", "last.ckpt", "tb", "samples", "sweeps"
 
 # What makes two result rows of one run the same sampler setting: evaluate skips a setting whose key
@@ -59,6 +60,7 @@ class RunDir:
     tb = property(lambda self: self.path / TB)
     samples = property(lambda self: self.path / SAMPLES)
     log = property(lambda self: self.path / LOG)
+    progress = property(lambda self: self.path / PROGRESS)
 
     def checkpoint(self, name: str = "last") -> Path:
         """``last``, ``step000500`` or a file name under ``checkpoints/``."""
@@ -75,6 +77,16 @@ class RunDir:
 
     def write_done(self, info: dict) -> None:
         atomic_write_text(self.done, json.dumps(info, indent=1))
+
+    def write_progress(self, state: str, done: int, total: int) -> None:
+        """Say what this run is doing: ``training`` step done of total, ``evaluating`` setting done of total."""
+        atomic_write_text(self.progress, json.dumps({"state": state, "done": done, "total": total}))
+
+    def read_progress(self) -> dict | None:
+        try:
+            return json.loads(self.progress.read_text())
+        except (OSError, json.JSONDecodeError):
+            return None
 
     def read_results(self) -> list[dict]:
         return read_results(self.results)

@@ -140,7 +140,7 @@ def reference_codes(cfg: Config, classes: list[int]) -> tuple[torch.Tensor, torc
     """Codes ``[n, N]`` and labels ``[n]`` of the first image of each class in the reference split,
     tokenized the way training tokens are (``data.load_token_split``)."""
     data = load_token_split(cfg.data, cfg.infer.reference)
-    labels = data.tensors[1] if isinstance(data, TensorDataset) else torch.as_tensor(data.labels[:])
+    labels = data.tensors[1] if isinstance(data, TensorDataset) else torch.tensor(data.labels[:])
     picks = []
     for c in classes:
         found = (labels == c).nonzero()
@@ -164,7 +164,7 @@ def load_run(args) -> tuple:
     tokenizer = decoder_for(cfg.data)
     if tokenizer is None:
         raise SampleError(f"cannot decode samples: {missing_decoder(cfg.data)}")
-    model, info, step, used_ema = load_model(run.path, args.ckpt, not args.no_ema)
+    model, _, step, used_ema = load_model(run.path, args.ckpt, not args.no_ema)
     return run, cfg, model, tokenizer, step, used_ema
 
 
@@ -190,7 +190,7 @@ def make_sampler(args, cfg: Config, model, known: torch.Tensor | None) -> Sample
         raise SampleError(f"--schedule {sampler.schedule} at --steps {k}: {err}") from None
     reason = model.refusal(order, [n_known, *sizes] if n_known else sizes, attn, model.decoder_attn)
     if reason:
-        raise SampleError(f"this model refuses order={order} K={k}: {reason}")
+        raise SampleError(f"this model refuses order={order} K={k}{' with inpainting' * bool(n_known)}: {reason}")
     return sampler
 
 
@@ -252,12 +252,8 @@ def stack_figures(paths: list[str | Path], labels: list[str], out: str | Path) -
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    if not argv:
-        print(__doc__)
-        return 2
     try:
-        sample(argv)
+        sample(sys.argv[1:] if argv is None else argv)
     except (SampleError, ConfigError, FileNotFoundError) as err:
         print(f"sample error: {' '.join(str(err).split())}", file=sys.stderr)
         return 2

@@ -34,7 +34,8 @@ from .data import data_info
 from .evaluate import pending_settings
 from .files import atomic_write_text
 from .model import MODELS, model_class
-from .runs import RunDir, manifest_path
+from .progress import SweepProgress
+from .runs import SWEEPS, RunDir, manifest_path
 
 PROFILES = ("smoke", "default", "paper")
 
@@ -154,8 +155,9 @@ def expand(grid_path: str | Path, profile: str = "default", root: str | None = N
     return grid, out
 
 
-def run_job(job: Job) -> dict:
-    """Train (or resume, or skip) one run, then evaluate it; each step a subprocess with its own log."""
+def run_job(job: Job, progress: SweepProgress | None = None) -> dict:
+    """Train (or resume, or skip) one run, then evaluate it; each step a subprocess with its own log.
+    ``progress`` (local launcher only) hears of each step."""
     run = RunDir(job.run_dir)
     log = run.log
     env = {**os.environ, "OMP_NUM_THREADS": str(job.threads), "MKL_NUM_THREADS": str(job.threads)}
@@ -164,24 +166,28 @@ def run_job(job: Job) -> dict:
                                              f"threads={job.threads}", "trainer.enable_progress_bar=false"]]
     commands += [[sys.executable, "-m", "sar_lightning.evaluate", str(run.path), f"threads={job.threads}", *e]
                  for e in job.evals if status != "done" or pending_settings(run.path, e) != 0]
+    tell = progress.set if progress is not None else lambda label, state: None
     with open(log, "a") as f:
         for cmd in commands:
+            tell(job.label, "training" if cmd[2] == "sar_lightning.train" else "evaluating")
             f.write(f"\n$ {' '.join(cmd)}\n")
             f.flush()
             code = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, env=env).returncode
             if code != 0:
+                tell(job.label, "failed")
                 return {"run_id": job.run_id, "label": job.label, "status": "failed", "log": str(log),
                         "seconds": time.time() - start, "was": status}
+    tell(job.label, "done")
     outcome = {"done": "skipped (done)", "partial": "resumed", "new": "trained"}[status]
     return {"run_id": job.run_id, "label": job.label, "status": outcome, "log": str(log),
             "seconds": time.time() - start, "was": status}
 
 
-def launch(jobs: list[Job], n_parallel: int, launcher: str, folder: Path, slurm: dict) -> list[dict]:
-    """Run the jobs locally in parallel subprocesses, or submit them through submitit."""
+def launch(jobs: list[Job], n_parallel: int, launcher: str, folder: Path, slurm: dict, title: str = "") -> list[dict]:
+    """Run the jobs locally in parallel subprocesses (with a progress display), or submit them through submitit."""
     if launcher == "local":
-        with ThreadPoolExecutor(max_workers=max(1, n_parallel)) as pool:
-            return list(pool.map(run_job, jobs))
+        with SweepProgress(jobs, title) as progress, ThreadPoolExecutor(max_workers=max(1, n_parallel)) as pool:
+            return list(pool.map(lambda job: run_job(job, progress), jobs))
     import submitit
 
     if launcher == "slurm":
@@ -209,7 +215,7 @@ def sweep(grid_path, profile="default", jobs=None, root=None, launcher="local", 
     tag = f"{profile}-{data}" if data else profile  # one manifest per (grid, profile, data overlay)
     print(f"[sweep] {grid.name} ({tag}): {len(todo)} runs, {jobs} at a time via {launcher}: {grid.question}")
     start = time.time()
-    results = launch(todo, jobs, launcher, root_dir / "sweeps" / "submitit", grid.slurm)
+    results = launch(todo, jobs, launcher, root_dir / SWEEPS / "submitit", grid.slurm, f"{grid.name} ({tag})")
     manifest = {"grid": grid.name, "profile": profile, "data": data, "question": grid.question,
                 "runs": [{"run_id": r["run_id"], "label": r["label"], "status": r["status"]} for r in results]}
     atomic_write_text(manifest_path(root_dir, grid.name, tag), json.dumps(manifest, indent=1))

@@ -16,7 +16,7 @@ import torch
 from lightning.pytorch.callbacks import EMAWeightAveraging, LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.loggers import TensorBoardLogger
 
-from .callbacks import FinalCheckpoint, HParamsDeclaration, SampleGrids, flat_hparams
+from .callbacks import FinalCheckpoint, HParamsDeclaration, ProgressFile, SampleGrids, flat_hparams
 from .config import Config, ConfigError, load_config, run_id, to_dict, to_yaml
 from .data import SARDataModule, data_info, decoder_for, extractor_name, missing_decoder
 from .files import atomic_write_text
@@ -52,7 +52,7 @@ def train(cfg: Config) -> Path:
         print(f"[train] no sample grids: {missing_decoder(cfg.data)}")
     callbacks = [SampleGrids(decoder, run.samples, t.sample_steps, t.order, cfg.infer.schedule),
                  HParamsDeclaration(flat_hparams(to_dict(cfg)), metric_keys(cfg)),
-                 LearningRateMonitor(logging_interval="step")]
+                 LearningRateMonitor(logging_interval="step"), ProgressFile(run, t.log_every)]
     if t.ema_decay > 0:
         callbacks.append(EMAWeightAveraging(decay=t.ema_decay, update_starting_at_step=t.ema_start_step))
     callbacks += [FinalCheckpoint(run.checkpoints, t.max_steps, t.ckpt_every),
