@@ -14,7 +14,7 @@ FASHION_VQ := data/tokenizers/fashion_mnist_vq7
 FASHION_CODES := data/fashion_mnist_vq7
 DATA_PREP := $(if $(filter fashion_mnist,$(DATA)),tokenize-fashion)
 
-.PHONY: help install test test-fast lint bench bench-train train evaluate sweep-orders sweep-intervals sweep-mar \
+.PHONY: help install test test-fast lint bench bench-train train evaluate sample sweep-orders sweep-intervals sweep-mar \
 	sweep-spectrum sweep-all plots tb vq-fashion tokenize-fashion
 
 help: ## list the targets

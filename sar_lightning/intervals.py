@@ -1,7 +1,7 @@
 """Output intervals: the sizes ``(n_1, ..., n_K)`` of the sets generated at each step.
 
 Every schedule is a pure function returning a list of positive ints summing to ``num_tokens``. During
-training they are drawn once per batch (SPEC section 3).
+training they are drawn once per batch (docs/method.md section 3).
 """
 
 from __future__ import annotations

@@ -112,7 +112,7 @@ class DecoderBlock(nn.Module):
 
 
 def init_weights(module: nn.Module, std: float = 0.02) -> None:
-    """Normal(0, std) for every linear and embedding weight (SPEC: std-0.02 init, no biases)."""
+    """Normal(0, std) for every linear and embedding weight (docs/method.md section 4: std-0.02 init, no biases)."""
     for m in module.modules():
         if isinstance(m, nn.Linear):
             nn.init.normal_(m.weight, std=std)

@@ -1,4 +1,4 @@
-"""Set ids and the three attention masks of the Fully Masked Transformer (SPEC section 4).
+"""Set ids and the three attention masks of the Fully Masked Transformer (docs/method.md section 4).
 
 Everything is derived from set ids alone. Masks are boolean, True = may attend. Because intervals
 are shared by the batch, masks in generation order are ``[L, S]`` and broadcast over batch and heads.

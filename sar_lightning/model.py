@@ -1,4 +1,4 @@
-"""The Fully Masked Transformer (FMT, SPEC section 4) and the model factory.
+"""The Fully Masked Transformer (FMT, docs/method.md section 4) and the model factory.
 
 The encoder reads ``[cls, x_order[0], ...]`` (the last set dropped) under a block-causal mask; the
 decoder's queries are a shared learned embedding plus the target cell's position embedding. The

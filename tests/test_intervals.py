@@ -1,4 +1,4 @@
-"""Property tests for the output-interval schedules (SPEC section 3)."""
+"""Property tests for the output-interval schedules (docs/method.md section 3)."""
 
 import math
 

@@ -1,4 +1,4 @@
-"""Set ids, the three FMT masks and the loss selection (SPEC section 4)."""
+"""Set ids, the three FMT masks and the loss selection (docs/method.md section 4)."""
 
 import pytest
 import torch

@@ -1,4 +1,4 @@
-"""Property tests for the sequence orders (SPEC section 2)."""
+"""Property tests for the sequence orders (docs/method.md section 2)."""
 
 import pytest
 import torch
@@ -112,7 +112,7 @@ def test_next_scale_16x16_follows_the_spec_rule():
     cells = _cells(make_order("next_scale", g, g, 1)[0], g)
     start, s = 0, 1
     for size in (1, 4, 16, 64):
-        axis = [g // (2 * s) + i * g // s for i in range(s)]  # SPEC: G/(2s) + i*G/s
+        axis = [g // (2 * s) + i * g // s for i in range(s)]  # docs/method.md section 2: G/(2s) + i*G/s
         assert set(cells[start : start + size]) == {(r, c) for r in axis for c in axis}
         start, s = start + size, s * 2
 
