@@ -6,9 +6,8 @@ from pathlib import Path
 
 import lightning as L
 import torch
-from torchvision.utils import save_image
 
-from .images import image_grid
+from .images import image_grid, save_png
 from .sampling import Sampler
 
 
@@ -45,7 +44,7 @@ class SampleGrids(L.Callback):
             grid = sample_grid(model, self.tokenizer, sampler, model.config.num_classes, device=pl_module.device)
             if trainer.logger is not None and hasattr(trainer.logger.experiment, "add_image"):
                 trainer.logger.experiment.add_image(f"samples/steps_{k:03d}", grid, trainer.global_step)
-            save_image(grid, self.out / f"step{trainer.global_step:06d}_steps{k:03d}.png")
+            save_png(grid, self.out / f"step{trainer.global_step:06d}_steps{k:03d}.png")
         model.train(was_training)
 
 

@@ -14,7 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from omegaconf import OmegaConf
+import yaml
+from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 
@@ -61,7 +62,9 @@ class TrainConfig:
     grad_clip: float = 1.0
     ema_decay: float = 0.999  # 0 disables the EMA
     ema_start_step: int = 0
-    precision: str = "32"  # a Lightning precision: 32 | 32-true | bf16-mixed | 16-mixed | bf16-true
+    # a Lightning precision: 32 | 32-true | bf16-mixed | 16-mixed | bf16-true. In bf16, cached and uncached
+    # sampling differ in some tokens (docs/method.md section 5); fp32 is exact.
+    precision: str = "32"
     compile: bool = False
     val_every: int = 200  # steps
     val_batches: int = 8
@@ -143,7 +146,18 @@ def _load_tree(path: Path, seen: tuple = ()):
         raise ConfigError(f"config file {path} does not exist")
     if path in seen:
         raise ConfigError(f"config defaults loop through {path}")
-    tree = migrate_tree(OmegaConf.load(path))
+    if not path.read_text().strip():
+        raise ConfigError(f"config file {path} is empty: give it `defaults: [...]` and the keys of the run "
+                          "(see experiments/smoke.yaml)")
+    try:
+        tree = OmegaConf.load(path)
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise ConfigError(f"config file {path} is not valid YAML{where}: {getattr(err, 'problem', err)}") from None
+    if not isinstance(tree, DictConfig):
+        raise ConfigError(f"config file {path} must hold a mapping of keys, not a {type(tree).__name__}")
+    tree = migrate_tree(tree)
     defaults = tree.pop("defaults", []) if "defaults" in tree else []
     root, merged = _experiments_root(path), OmegaConf.create()
     for name in defaults:
@@ -216,6 +230,30 @@ def check_config(cfg: Config) -> None:
     for key, value in positive.items():
         if value < 1:
             raise ConfigError(f"{key} must be >= 1, got {value}")
+    t, inf = cfg.train, cfg.infer
+    at_least = {"train.warmup_steps": (t.warmup_steps, 0), "train.weight_decay": (t.weight_decay, 0),
+                "train.ema_start_step": (t.ema_start_step, 0), "train.grad_clip": (t.grad_clip, 0),
+                "train.seed": (t.seed, 0), "train.val_batches": (t.val_batches, 1),
+                "data.num_workers": (cfg.data.num_workers, 0), "infer.temperature": (inf.temperature, 0),
+                "infer.seed": (inf.seed, 0), "infer.timing_batch": (inf.timing_batch, 1),
+                "infer.timing_repeats": (inf.timing_repeats, 1)}
+    for key, (value, least) in at_least.items():
+        if not value >= least:
+            raise ConfigError(f"{key} must be >= {least}, got {value}")
+    bad_scales = [w for w in cfg.infer.cfg_scale if not w >= 0]
+    if bad_scales or not cfg.infer.cfg_scale:
+        raise ConfigError(f"infer.cfg_scale: guidance scales must be >= 0 (1 = no guidance), got {cfg.infer.cfg_scale}")
+    for key, values in [("infer.num_steps", cfg.infer.num_steps), ("infer.kv_cache", cfg.infer.kv_cache)]:
+        if not values:
+            raise ConfigError(f"{key} is empty: give at least one value")
+    if cfg.infer.top_k is not None and cfg.infer.top_k < 1:
+        raise ConfigError(f"infer.top_k must be >= 1 or null, got {cfg.infer.top_k}")
+    if cfg.infer.top_p is not None and not 0 < cfg.infer.top_p <= 1:
+        raise ConfigError(f"infer.top_p must lie in (0, 1] or be null, got {cfg.infer.top_p}")
+    if not cfg.infer.ckpt.strip():
+        raise ConfigError("infer.ckpt is empty: use last or a file name under checkpoints/")
+    if not 0 <= cfg.train.min_lr_ratio <= 1:
+        raise ConfigError(f"train.min_lr_ratio must lie in [0, 1], got {cfg.train.min_lr_ratio}")
     if not cfg.train.lr > 0:
         raise ConfigError(f"train.lr must be > 0, got {cfg.train.lr}")
     if not 0 <= cfg.train.ema_decay < 1:

@@ -16,15 +16,17 @@ import statistics
 import subprocess
 import sys
 import time
+from contextlib import nullcontext
 from pathlib import Path
 
 import lightning as L
 import torch
+from lightning.fabric.utilities.rank_zero import _get_rank
 
 from .config import Config, ConfigError, load_config, run_id
 from .data import extractor_name, image_dataset, missing_decoder
 from .model import model_class
-from .runs import RunDir, fd_tag, load_model, setting_id
+from .runs import RunDir, fd_tag, load_model, run_cli, setting_id
 from .sampling import Sampler, generate, inference_intervals
 
 
@@ -121,17 +123,26 @@ def reference_for(cfg: Config):
 
 
 def evaluate(run_dir: str | Path, overrides: list[str] | tuple = ()) -> list[dict]:
-    """Evaluate the missing settings of a run; returns the rows written by this call."""
-    from .data import decoder_for
-    from .metrics import compute_metrics
-
+    """Evaluate the missing settings of a run; returns the rows written by this call. The run's lock is
+    held throughout (by rank 0), so two evaluations never write one run folder at once."""
     run = RunDir(run_dir)
+    if not run.config.exists():
+        raise FileNotFoundError(f"{run.path} is not a run folder (no {run.config.name}): train the run first, "
+                                "then pass its folder runs/<run_id>")
     cfg = load_config(run.config, overrides)
     if run_id(cfg) != run.name:
         raise ConfigError("evaluate overrides may only change infer.* and trainer.* settings, "
                           f"not what was trained (run id {run_id(cfg)} != {run.name})")
     if cfg.threads > 0:
         torch.set_num_threads(cfg.threads)
+    with run.lock("evaluated") if _get_rank() in (None, 0) else nullcontext():
+        return _evaluate(run, cfg)
+
+
+def _evaluate(run: RunDir, cfg: Config) -> list[dict]:
+    from .data import decoder_for
+    from .metrics import compute_metrics
+
     fabric = L.Fabric(accelerator=cfg.trainer.accelerator, devices=cfg.trainer.devices,
                       strategy=cfg.trainer.strategy, num_nodes=cfg.trainer.num_nodes)
     fabric.launch()
@@ -204,12 +215,7 @@ def main(argv: list[str] | None = None) -> int:
     if not argv or argv[0] in ("-h", "--help"):
         print(__doc__)
         return 0 if argv else 2
-    try:
-        evaluate(argv[0], argv[1:])
-    except (ConfigError, FileNotFoundError) as err:
-        print(f"evaluate error: {err}", file=sys.stderr)
-        return 2
-    return 0
+    return run_cli("evaluate", lambda: evaluate(argv[0], argv[1:]))
 
 
 if __name__ == "__main__":

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .datasets import dataset_info, load_images
-from .files import atomic_write
+from .files import atomic_write, safe_load
 
 CACHE_ENV = "SAR_CACHE"
 CLASSIFIER_VERSION = 2  # bump when the architecture or the recipe changes: old cache files are ignored
@@ -188,7 +188,7 @@ def get_classifier_extractor(dataset: str, seed: int = 0, cache_root=None) -> Cl
     if weights.is_file() and record_path.is_file():  # the record is written last: both = complete
         record = json.loads(record_path.read_text())
         net = _build_classifier(dataset, record)
-        net.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
+        net.load_state_dict(safe_load(weights, "cached classifier", f"delete {weights.parent} to train it again"))
         net.eval().requires_grad_(False)
     else:
         net, record = train_classifier(dataset, seed)

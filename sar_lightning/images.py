@@ -21,3 +21,12 @@ def upscale(images: torch.Tensor, cell: int = CELL) -> torch.Tensor:
 def image_grid(images: torch.Tensor, nrow: int, cell: int = CELL) -> torch.Tensor:
     """Images ``[B, C, H, W]`` in [0, 1] -> one grid image ``[C, H', W']``, ``nrow`` images per row."""
     return make_grid(upscale(images, cell), nrow=nrow, padding=2, pad_value=0.5)
+
+
+def save_png(grid: torch.Tensor, path) -> None:
+    """Write an image ``[C, H, W]`` in [0, 1] as a PNG, atomically (never a half-written file)."""
+    from torchvision.utils import save_image
+
+    from .files import atomic_write
+
+    atomic_write(path, lambda tmp: save_image(grid, tmp, format="png"))

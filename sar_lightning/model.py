@@ -92,11 +92,19 @@ class SARModel(nn.Module):
         init_weights(self)
         nn.init.normal_(self.pos_emb, std=0.02)
 
-    def class_tokens(self, labels):  # (B,) -> (B, 1, C)
-        if self.training and self.config.class_dropout > 0:
-            drop = torch.rand(labels.shape, device=labels.device) < self.config.class_dropout
-            labels = torch.where(drop, torch.full_like(labels, self.null_class), labels)
+    def class_tokens(self, labels):  # (B,) -> (B, 1, C); a pure lookup (label dropout: ``drop_labels``)
         return self.cls_emb(labels)[:, None]
+
+    def drop_labels(self, labels, generator: torch.Generator):
+        """Training's label dropout: each label becomes ``null_class`` with probability ``class_dropout``.
+
+        The mask is drawn on the CPU from ``generator`` (the trainer seeds it by run seed, rank and step, so
+        a resumed run drops the labels the uninterrupted one dropped); the global RNG is never touched.
+        """
+        if self.config.class_dropout <= 0:
+            return labels
+        drop = torch.rand(labels.shape, generator=generator) < self.config.class_dropout
+        return torch.where(drop.to(labels.device), torch.full_like(labels, self.null_class), labels)
 
     def embed_tokens(self, tokens, cells):  # tokens, cells (B, m) -> (B, m, C)
         return self.tok_emb(tokens) + self.pos_emb[cells]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from contextlib import contextmanager
 
 import lightning as L
 import torch
@@ -11,6 +12,9 @@ from .config import Config, migrate_tree
 from .intervals import SELF_SIZED, make_intervals
 from .model import build_model
 from .orders import make_order
+
+# Per-step random streams: orders and intervals; label dropout; model dropout.
+ORDER_STREAM, LABEL_STREAM, DROPOUT_STREAM = 0, 1, 2
 
 
 def _mix(*xs: int) -> int:
@@ -57,14 +61,35 @@ class SARLightningModule(L.LightningModule):
         # exactly what the uninterrupted run would have.
         return torch.Generator().manual_seed(_mix(self.cfg.train.seed, self.global_rank, stream, index))
 
-    def _step(self, batch, generator):
+    def _step(self, batch, generator, label_generator=None):
+        """Loss, accuracy and K of one batch; ``label_generator`` (training only) draws the label dropout."""
         tokens, labels = batch
         order, intervals = draw_sets(self.cfg.train, self.height, self.width, len(tokens), generator)
+        if label_generator is not None:
+            labels = self.model.drop_labels(labels, label_generator)
         loss, acc = self._loss(tokens, labels, order.to(self.device), intervals)
         return loss, acc, len(intervals)
 
+    @contextmanager
+    def _dropout_rng(self, step: int):
+        # Model dropout (nn.Dropout, SDPA's dropout_p) takes no generator: within a training step the global
+        # RNG is seeded by (seed, rank, step), and restored afterwards. Backward redraws nothing.
+        if self.cfg.model.dropout <= 0:
+            yield
+            return
+        with torch.random.fork_rng(devices=[self.device.index or 0] if self.device.type == "cuda" else []):
+            torch.manual_seed(_mix(self.cfg.train.seed, self.global_rank, DROPOUT_STREAM, step))
+            yield
+
+    def train_batch(self, batch, step: int):
+        """Loss, accuracy and K of training batch ``batch`` at global step ``step``. Every random draw
+        (orders, intervals, label dropout, model dropout) is a function of (seed, rank, step), never of
+        the global RNG's state, so a resumed run repeats the uninterrupted one exactly."""
+        with self._dropout_rng(step):
+            return self._step(batch, self._generator(ORDER_STREAM, step), self._generator(LABEL_STREAM, step))
+
     def training_step(self, batch, batch_idx):
-        loss, acc, k = self._step(batch, self._generator(0, self.global_step))
+        loss, acc, k = self.train_batch(batch, self.global_step)
         self.log("train/loss", loss, prog_bar=True)
         self.log("train/acc", acc)
         self.log("train/num_steps", float(k))

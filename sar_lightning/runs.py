@@ -10,6 +10,7 @@ One folder per trained run, ``<root>/<run_id>`` (the id comes from the config, `
     results.jsonl    one row per (checkpoint, sampler setting), appended by evaluate
     sweep.log        the commands a sweep ran for this run and their output
     progress.json    what train or evaluate is doing now (the sweep's progress display reads it)
+    .lock, .owner    held by the one process that trains or evaluates the run (and who that is)
 
 and, beside the run folders, ``<root>/sweeps/<grid>-<profile>[-<data>].json``: which runs a sweep made.
 Every module that reads or writes these files goes through this one.
@@ -17,14 +18,18 @@ Every module that reads or writes these files goes through this one.
 
 from __future__ import annotations
 
+import errno
 import json
+import os
+import socket
 import sys
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
+from filelock import FileLock, Timeout
 
-from .files import atomic_write_text
+from .files import UMASK, FileError, atomic_write_text, safe_load
 
 CONFIG, DONE, RESULTS, LOG, PROGRESS = "config.yaml", "done.json", "results.jsonl", "sweep.log", "progress.json"
 CHECKPOINTS, LAST, TB, SAMPLES, SWEEPS = "checkpoints", "last.ckpt", "tb", "samples", "sweeps"
@@ -37,6 +42,10 @@ SETTING_KEYS = ("ckpt_step", "ema", "infer_order", "infer_schedule", "num_steps"
 # Result columns renamed since results were first written: old name -> new (read_results migrates).
 RENAMED_COLUMNS = {"cfg": "cfg_scale", "train_num_sets": "train_num_steps",
                    "train_num_sets_range": "train_num_steps_range"}
+
+
+class RunBusy(RuntimeError):
+    """Another process holds the run folder's lock."""
 
 
 @dataclass(frozen=True)
@@ -67,10 +76,49 @@ class RunDir:
         return self.checkpoints / (name if name.endswith(".ckpt") else f"{name}.ckpt")
 
     def status(self) -> str:
-        """``done`` (finished), ``partial`` (has a checkpoint to resume) or ``new``."""
-        if self.done.exists():
-            return "done"
-        return "partial" if self.last.exists() else "new"
+        """``done`` (finished, with its checkpoint), ``partial`` (has a checkpoint to resume) or ``new``.
+        A ``done.json`` whose checkpoint is gone is not done: the run has to be trained again."""
+        if not self.last.exists():
+            return "new"
+        return "done" if self.done.exists() else "partial"
+
+    def step_checkpoints(self) -> list[Path]:
+        """The step snapshots, newest first."""
+        return sorted(self.checkpoints.glob("step*.ckpt"), reverse=True)
+
+    def check_checkpoint(self, path: Path) -> dict:
+        """Load ``path`` safely, or raise ``FileError`` that offers the newest intact step snapshot."""
+        try:
+            return safe_load(path, "Lightning checkpoint of this suite")
+        except FileError as err:
+            for other in (p for p in self.step_checkpoints() if p != path):
+                try:
+                    safe_load(other, "checkpoint")
+                except FileError:
+                    continue
+                raise FileError(f"{err}. The newest intact snapshot is {other}: evaluate it with "
+                                f"infer.ckpt={other.stem}, or resume training from it with "
+                                f"`cp {other} {self.last}`") from None
+            raise FileError(f"{err}. No intact step snapshot is left in {self.checkpoints}: delete the "
+                            f"folder {self.path} to train the run again") from None
+
+    @contextmanager
+    def lock(self, purpose: str):
+        """Hold the run's lock while ``purpose`` (``trained``, ``evaluated``) goes on; ``RunBusy`` if another
+        process holds it. Only one process writes a run folder at a time."""
+        self.path.mkdir(parents=True, exist_ok=True)
+        lock = FileLock(self.path / ".lock", mode=0o666 & ~UMASK)
+        try:
+            lock.acquire(timeout=0)
+        except Timeout:
+            raise RunBusy(f"run {self.name} is being {_owner(self.path / '.owner')}; wait for it to finish or "
+                          "stop that process, then run this command again") from None
+        try:
+            atomic_write_text(self.path / ".owner", json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
+                                                                "purpose": purpose}))
+            yield self
+        finally:
+            lock.release()
 
     def read_done(self) -> dict:
         return json.loads(self.done.read_text())
@@ -95,6 +143,14 @@ class RunDir:
         append_results(self.results, [row])
 
 
+def _owner(file: Path) -> str:
+    try:
+        who = json.loads(file.read_text())
+        return f"{who['purpose']} by process {who['pid']} on {who['host']}"
+    except (OSError, ValueError, KeyError):
+        return "used by another process"
+
+
 def setting_id(row: dict) -> tuple:
     """The key of a result row's sampler setting (``SETTING_KEYS``)."""
     return tuple(row.get(k) for k in SETTING_KEYS)
@@ -109,25 +165,37 @@ def migrate_row(row: dict) -> dict:
 
 
 def read_results(path: str | Path) -> list[dict]:
-    """The rows of a ``results.jsonl``, migrated to today's column names; [] when there is none."""
+    """The rows of a ``results.jsonl``, migrated to today's column names; [] when there is none.
+    An unreadable line is skipped with a warning naming it; exact duplicate lines count once."""
     path = Path(path)
     if not path.exists():
         return []
-    rows = []
+    rows, seen = [], set()
     for n, line in enumerate(path.read_text().splitlines(), 1):
-        if not line.strip():
+        if not line.strip() or line in seen:
             continue
+        seen.add(line)
         try:
-            rows.append(migrate_row(json.loads(line)))
-        except json.JSONDecodeError:
-            print(f"[results] skipping unreadable line {n} of {path}", file=sys.stderr)
+            row = json.loads(line)
+            if not isinstance(row, dict):
+                raise ValueError("not a JSON object")
+            rows.append(migrate_row(row))
+        except ValueError as err:
+            print(f"[results] warning: skipping line {n} of {path} ({err}); it is kept in the file",
+                  file=sys.stderr)
     return rows
 
 
 def append_results(path: str | Path, rows: list[dict]) -> None:
-    """Add ``rows`` to a ``results.jsonl`` by rewriting it atomically (old rows kept, never torn)."""
-    old = Path(path).read_text() if Path(path).exists() else ""
-    atomic_write_text(path, old + "".join(json.dumps(r, sort_keys=True) + "\n" for r in rows))
+    """Add ``rows`` to a ``results.jsonl`` by rewriting it atomically (old rows kept, never torn), under a
+    lock so that two writers never lose each other's rows."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(path.with_name(f".{path.name}.lock")):
+        old = path.read_text() if path.exists() else ""
+        if old and not old.endswith("\n"):
+            old += "\n"
+        atomic_write_text(path, old + "".join(json.dumps(r, sort_keys=True) + "\n" for r in rows))
 
 
 def manifest_path(root: str | Path, grid: str, tag: str) -> Path:
@@ -165,8 +233,33 @@ def load_model(run_dir: str | Path, ckpt: str = "last", ema: bool = True):
     if not path.exists():
         raise FileNotFoundError(f"checkpoint {path} not found; train the run first "
                                 f"(python -m sar_lightning.train {run.config})")
-    state = torch.load(path, map_location="cpu", weights_only=False)
+    state = run.check_checkpoint(path)
+    if not {"hyper_parameters", "state_dict", "global_step"} <= set(state):
+        raise FileError(f"{path} is not a checkpoint of this suite (no hyper_parameters / state_dict)")
     module = SARLightningModule(**state["hyper_parameters"])
     has_ema = "current_model_state" in state  # Lightning's EMA callback stores raw weights there
     module.load_state_dict(state["state_dict"] if (ema or not has_ema) else state["current_model_state"])
     return module.model.eval(), state["hyper_parameters"]["info"], state["global_step"], ema and has_ema
+
+
+_WRITE_ERRNOS = {errno.EACCES, errno.EPERM, errno.EEXIST, errno.ENOTDIR, errno.EISDIR, errno.EROFS, errno.ENOSPC}
+
+
+def run_cli(command: str, work) -> int:
+    """Run a command's ``work()``; bad input (a config, a file, a busy or unwritable run folder) ends in
+    one line on stderr naming the key or file and what to do, and exit code 2 (nothing half-written:
+    every file is written atomically)."""
+    from .config import ConfigError
+
+    try:
+        work()
+    except (ConfigError, FileError, FileNotFoundError, RunBusy) as err:
+        print(f"{command} error: {err}", file=sys.stderr)
+        return 2
+    except OSError as err:
+        if err.errno not in _WRITE_ERRNOS:
+            raise
+        print(f"{command} error: cannot write {err.filename or 'the run folder'}: {err.strerror}; choose a "
+              "writable root=... (the folder that holds the run folders) or fix its permissions", file=sys.stderr)
+        return 2
+    return 0

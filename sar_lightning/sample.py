@@ -16,11 +16,11 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from torch.utils.data import TensorDataset
-from torchvision.utils import save_image
 
 from .config import Config, ConfigError, load_config
 from .data import decoder_for, load_token_split, missing_decoder
-from .images import image_grid
+from .files import FileError, atomic_write
+from .images import image_grid, save_png
 from .intervals import SCHEDULES
 from .orders import parse_order_name
 from .runs import RunDir, load_model
@@ -225,8 +225,7 @@ def sample(argv: list[str]) -> Path:
     grid = build_grid(args, cfg, model, tokenizer, sampler, known, classes, device)
     tags = f"{'_inpaint' if args.inpaint else ''}{'_progress' if args.progress else ''}"
     out = args.out or run.samples / f"sample_{sampler.order.replace(':', '')}_K{sampler.num_steps}{tags}.png"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    save_image(grid, out)
+    save_png(grid, out)
     what = f"inpaint {args.inpaint}, " if args.inpaint else ""
     print(f"[sample] {run.name} step {step} ({'ema' if used_ema else 'raw'}): {what}order {sampler.order}, "
           f"K={sampler.num_steps} ({sampler.schedule}), cfg {args.cfg}, classes {classes}, seed {args.seed}"
@@ -247,14 +246,14 @@ def stack_figures(paths: list[str | Path], labels: list[str], out: str | Path) -
         ImageDraw.Draw(figure).text((4, y + 3), label, fill="black")
         figure.paste(image, (0, y + band))
         y += image.height + band
-    figure.save(out)
+    atomic_write(out, lambda tmp: figure.save(tmp, format="png"))
     return Path(out)
 
 
 def main(argv: list[str] | None = None) -> int:
     try:
         sample(sys.argv[1:] if argv is None else argv)
-    except (SampleError, ConfigError, FileNotFoundError) as err:
+    except (SampleError, ConfigError, FileNotFoundError, FileError) as err:
         print(f"sample error: {' '.join(str(err).split())}", file=sys.stderr)
         return 2
     return 0

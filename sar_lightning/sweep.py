@@ -12,17 +12,27 @@ Finished runs are skipped, interrupted ones resume from their last checkpoint, e
 samples the settings missing from each run's results. Jobs run as subprocesses (``--jobs`` at once,
 threads split between them) or through submitit (``--launcher slurm`` on a cluster, ``submitit-local``).
 A failed run is reported with its log and does not stop the others.
+
+A sweep dies cleanly: on SIGINT (Ctrl-C) or SIGTERM it starts no new job (queued ones are reported as
+cancelled), sends SIGTERM to every running job's process group, SIGKILL to what is left after 10 s (at
+once on a second signal), records the runs' statuses so far and exits with 130 or 143; re-running the
+same command resumes. Each job's processes form their own process group and, on Linux, get SIGTERM when
+the sweep dies, even by SIGKILL, so no orphaned training races a re-run in the same folder.
 """
 
 from __future__ import annotations
 
 import argparse
+import ctypes
+import functools
 import json
 import os
+import signal
 import subprocess
 import sys
+import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -155,39 +165,207 @@ def expand(grid_path: str | Path, profile: str = "default", root: str | None = N
     return grid, out
 
 
-def run_job(job: Job, progress: SweepProgress | None = None) -> dict:
+PR_SET_PDEATHSIG = 1  # prctl(2): the signal a process gets when its parent dies
+STOP_GRACE = 10.0  # seconds between a stopped sweep's SIGTERM to its jobs and its SIGKILL
+
+
+class SweepInterrupted(Exception):
+    """``sweep`` was stopped by SIGINT or SIGTERM; its jobs are stopped, its message printed."""
+
+    def __init__(self, signum: int, results: list[dict]):
+        super().__init__(f"sweep interrupted by {signal.Signals(signum).name}")
+        self.signum, self.results = signum, results
+        self.exit_code = 128 + signum  # 130 for SIGINT, 143 for SIGTERM, as a shell reports it
+
+
+@functools.cache
+def _prctl():
+    """libc's ``prctl`` (Linux), or None where there is none: the parent-death signal is then skipped."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        return ctypes.CDLL("libc.so.6", use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+
+
+def _die_with_parent():
+    """A ``preexec_fn`` that asks the kernel to send the child SIGTERM when its parent dies (even by
+    SIGKILL), or None without prctl. prctl is resolved here, in the parent: the child, between fork and
+    exec, only makes the call. The signal comes when the *thread* that forked the child exits, not the
+    process: children are started from the pool threads of ``launch``, and each such thread waits on
+    its child (``Children.wait``), so it lives exactly as long as the child does."""
+    prctl = _prctl()
+    if prctl is None:
+        return None
+    parent, term = os.getpid(), int(signal.SIGTERM)
+
+    def preexec() -> None:
+        if prctl(PR_SET_PDEATHSIG, ctypes.c_ulong(term)) == 0 and os.getppid() != parent:
+            os._exit(128 + term)  # the sweep died before the request took hold: do not start
+
+    return preexec
+
+
+def _signal_group(proc: subprocess.Popen, sig: int) -> None:
+    """Send ``sig`` to the process group of ``proc`` (the child and every process it started)."""
+    try:
+        if hasattr(os, "killpg"):
+            os.killpg(proc.pid, sig)  # start_new_session: the child leads its own group, pgid == pid
+        else:
+            proc.send_signal(sig)
+    except OSError:  # the group is gone already
+        pass
+
+
+class Children:
+    """The live child processes of a sweep's jobs, shared by the pool threads (which start and wait on
+    them) and the main thread (whose signal handler asks for a stop, and whose wait loop in ``launch``
+    carries it out). The handler only sets attributes, never takes the lock, so it cannot deadlock."""
+
+    def __init__(self, grace: float = STOP_GRACE):
+        self.lock = threading.Lock()
+        self.live: set[subprocess.Popen] = set()
+        self.grace = grace
+        self.signum: int | None = None  # the signal that stops the sweep; None while it runs
+        self.hurry = False  # a second signal: SIGKILL without waiting for the grace period
+        self.deadline: float | None = None  # when the SIGTERMed children get SIGKILL
+
+    @property
+    def stopping(self) -> bool:
+        return self.signum is not None
+
+    def request_stop(self, signum: int, frame=None) -> None:
+        """The signal handler (main thread): stop starting jobs; ``enforce`` signals the running ones."""
+        if self.signum is None:
+            self.signum = signum
+        else:
+            self.hurry = True
+
+    def start(self, cmd: list[str], **kwargs) -> subprocess.Popen | None:
+        """Start ``cmd`` in its own session (its children go with it), with the parent-death signal
+        on Linux; None, and nothing started, once the sweep is stopping."""
+        with self.lock:  # a child is either refused here or in ``live`` when ``enforce`` signals
+            if self.stopping:
+                return None
+            proc = subprocess.Popen(cmd, start_new_session=True, preexec_fn=_die_with_parent(), **kwargs)
+            self.live.add(proc)
+            return proc
+
+    def wait(self, proc: subprocess.Popen) -> int:
+        """Wait for a child started by ``start`` (keeping this thread, its parent-death anchor, alive)."""
+        try:
+            return proc.wait()
+        finally:
+            with self.lock:
+                self.live.discard(proc)
+            if self.stopping:  # what the stopped child left in its group (its group id is still held
+                _signal_group(proc, signal.SIGKILL)  # while any member lives, so it is no one else's)
+
+    def enforce(self) -> None:
+        """From the main thread's wait loop: once a stop is asked, SIGTERM every live child's group, then
+        SIGKILL those left after ``grace`` seconds (at once after a second signal)."""
+        if not self.stopping:
+            return
+        with self.lock:
+            if self.deadline is None:
+                self.deadline, sig = time.monotonic() + self.grace, signal.SIGTERM
+            elif self.hurry or time.monotonic() >= self.deadline:
+                sig = signal.SIGKILL
+            else:
+                return
+            for proc in self.live:
+                _signal_group(proc, sig)
+
+
+CHILDREN = Children()  # run_job's registry when none is given (a submitit job: it is never stopped)
+
+
+def _install_stop_handlers(children: Children) -> dict:
+    """Route SIGINT and SIGTERM to ``children.request_stop``; the previous handlers, to restore. Signal
+    handlers can only be set in the main thread: elsewhere nothing is installed."""
+    if threading.current_thread() is not threading.main_thread():
+        return {}
+    previous = {}
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        previous[sig] = signal.getsignal(sig)
+        signal.signal(sig, children.request_stop)
+    return previous
+
+
+def _restore_handlers(previous: dict) -> None:
+    for sig, handler in previous.items():
+        if handler is not None:  # None: set from outside Python, cannot be restored from here
+            signal.signal(sig, handler)
+
+
+def _outcome(job: Job, status: str, log: Path, start: float, was: str) -> dict:
+    return {"run_id": job.run_id, "label": job.label, "status": status, "log": str(log),
+            "seconds": time.time() - start, "was": was}
+
+
+def run_job(job: Job, progress: SweepProgress | None = None, children: Children | None = None) -> dict:
     """Train (or resume, or skip) one run, then evaluate it; each step a subprocess with its own log.
-    ``progress`` (local launcher only) hears of each step."""
+    ``progress`` (local launcher only) hears of each step. ``children`` (default ``CHILDREN``) holds the
+    live subprocesses; once it is stopping, a job not begun is ``cancelled``, a running one ``stopped``."""
+    children = children or CHILDREN
     run = RunDir(job.run_dir)
     log = run.log
+    tell = progress.set if progress is not None else lambda label, state: None
+    start = time.time()
+    if children.stopping:
+        tell(job.label, "cancelled")
+        return _outcome(job, "cancelled", log, start, job.status)
     env = {**os.environ, "OMP_NUM_THREADS": str(job.threads), "MKL_NUM_THREADS": str(job.threads)}
-    start, status = time.time(), run.status()
+    status = run.status()
     commands = [] if status == "done" else [[sys.executable, "-m", "sar_lightning.train", str(run.config),
                                              f"threads={job.threads}", "trainer.enable_progress_bar=false"]]
     commands += [[sys.executable, "-m", "sar_lightning.evaluate", str(run.path), f"threads={job.threads}", *e]
                  for e in job.evals if status != "done" or pending_settings(run.path, e) != 0]
-    tell = progress.set if progress is not None else lambda label, state: None
     with open(log, "a") as f:
-        for cmd in commands:
+        for i, cmd in enumerate(commands):
             tell(job.label, "training" if cmd[2] == "sar_lightning.train" else "evaluating")
             f.write(f"\n$ {' '.join(cmd)}\n")
             f.flush()
-            code = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, env=env).returncode
+            proc = children.start(cmd, stdout=f, stderr=subprocess.STDOUT, env=env)
+            code = None if proc is None else children.wait(proc)
+            if children.stopping and (code != 0 or i < len(commands) - 1):  # cut short, not failed
+                state = "cancelled" if i == 0 and proc is None else "stopped"
+                f.write(f"[sweep] {'not started' if proc is None else f'stopped (exit code {code})'}: the sweep "
+                        f"was interrupted by {signal.Signals(children.signum).name}\n")
+                tell(job.label, state)
+                return _outcome(job, state, log, start, status)
             if code != 0:
                 tell(job.label, "failed")
-                return {"run_id": job.run_id, "label": job.label, "status": "failed", "log": str(log),
-                        "seconds": time.time() - start, "was": status}
+                return _outcome(job, "failed", log, start, status)
     tell(job.label, "done")
-    outcome = {"done": "skipped (done)", "partial": "resumed", "new": "trained"}[status]
-    return {"run_id": job.run_id, "label": job.label, "status": outcome, "log": str(log),
-            "seconds": time.time() - start, "was": status}
+    return _outcome(job, {"done": "skipped (done)", "partial": "resumed", "new": "trained"}[status], log, start, status)
 
 
-def launch(jobs: list[Job], n_parallel: int, launcher: str, folder: Path, slurm: dict, title: str = "") -> list[dict]:
-    """Run the jobs locally in parallel subprocesses (with a progress display), or submit them through submitit."""
+def launch(jobs: list[Job], n_parallel: int, launcher: str, folder: Path, slurm: dict, title: str = "",
+           children: Children | None = None) -> list[dict]:
+    """Run the jobs locally in parallel subprocesses (with a progress display), or submit them through submitit.
+    Locally, once ``children`` (default ``CHILDREN``) is asked to stop, queued jobs are cancelled and the
+    running ones signalled (``Children.enforce``); the results then say which were stopped or cancelled."""
     if launcher == "local":
+        children = children or CHILDREN
         with SweepProgress(jobs, title) as progress, ThreadPoolExecutor(max_workers=max(1, n_parallel)) as pool:
-            return list(pool.map(lambda job: run_job(job, progress), jobs))
+            futures = [pool.submit(run_job, job, progress, children) for job in jobs]
+            pending = set(futures)
+            while pending:  # the main thread polls, so a stop asked by its signal handler is carried out
+                pending = wait(pending, timeout=0.25, return_when=FIRST_COMPLETED).not_done
+                if children.stopping:
+                    for future in pending:
+                        future.cancel()  # queued jobs never start; running ones return when their child ends
+                    children.enforce()
+            results = []
+            for job, future in zip(jobs, futures):
+                if future.cancelled():
+                    progress.set(job.label, "cancelled")
+                    results.append(_outcome(job, "cancelled", RunDir(job.run_dir).log, time.time(), job.status))
+                else:
+                    results.append(future.result())
+            return results
     import submitit
 
     if launcher == "slurm":
@@ -209,22 +387,38 @@ def launch(jobs: list[Job], n_parallel: int, launcher: str, folder: Path, slurm:
 
 
 def sweep(grid_path, profile="default", jobs=None, root=None, launcher="local", extra=(), data=None) -> list[dict]:
+    """Run a grid (see the module doc); the results, one per run. With the local launcher, SIGINT and SIGTERM
+    stop it cleanly (from the main thread): the manifest records the statuses so far and ``SweepInterrupted``
+    is raised once the running jobs are stopped and its message printed on stderr."""
     jobs = jobs or max(1, os.cpu_count() or 1)
     grid, todo = expand(grid_path, profile, root, jobs, extra, data)
     root_dir = Path(todo[0].run_dir).parent if todo else Path(root or "runs")
     tag = f"{profile}-{data}" if data else profile  # one manifest per (grid, profile, data overlay)
     print(f"[sweep] {grid.name} ({tag}): {len(todo)} runs, {jobs} at a time via {launcher}: {grid.question}")
     start = time.time()
-    results = launch(todo, jobs, launcher, root_dir / SWEEPS / "submitit", grid.slurm, f"{grid.name} ({tag})")
-    manifest = {"grid": grid.name, "profile": profile, "data": data, "question": grid.question,
-                "runs": [{"run_id": r["run_id"], "label": r["label"], "status": r["status"]} for r in results]}
-    atomic_write_text(manifest_path(root_dir, grid.name, tag), json.dumps(manifest, indent=1))
-    counts = {s: sum(r["status"] == s for r in results) for s in ("skipped (done)", "resumed", "trained", "failed")}
+    children = Children()
+    previous = _install_stop_handlers(children) if launcher == "local" else {}
+    try:
+        results = launch(todo, jobs, launcher, root_dir / SWEEPS / "submitit", grid.slurm, f"{grid.name} ({tag})",
+                         children=children)
+        manifest = {"grid": grid.name, "profile": profile, "data": data, "question": grid.question,
+                    "runs": [{"run_id": r["run_id"], "label": r["label"], "status": r["status"]} for r in results]}
+        atomic_write_text(manifest_path(root_dir, grid.name, tag), json.dumps(manifest, indent=1))  # whole or not
+    finally:
+        _restore_handlers(previous)
+    names = ["skipped (done)", "resumed", "trained", "failed"]
+    names += [s for s in ("stopped", "cancelled") if any(r["status"] == s for r in results)]
+    counts = {s: sum(r["status"] == s for r in results) for s in names}
     for r in results:
         if r["status"] == "failed":
             print(f"[sweep] FAILED {r['label']} ({r['run_id']}): see {r['log']}")
     print(f"[sweep] {grid.name}: " + ", ".join(f"{v} {k}" for k, v in counts.items())
-          + f"; {time.time() - start:.0f} s")
+          + f"; {time.time() - start:.0f} s", flush=True)
+    if children.stopping:
+        print(f"[sweep] interrupted by {signal.Signals(children.signum).name}: stopped "
+              f"{counts.get('stopped', 0)} running job(s); re-run the same command to resume",
+              file=sys.stderr, flush=True)
+        raise SweepInterrupted(children.signum, results)
     return results
 
 
@@ -243,6 +437,8 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, FileNotFoundError) as err:
         print(f"sweep error: {err}", file=sys.stderr)
         return 2
+    except SweepInterrupted as stop:  # already reported
+        return stop.exit_code
     return 1 if any(r["status"] == "failed" for r in results) else 0
 
 

@@ -9,19 +9,21 @@ from __future__ import annotations
 
 import sys
 import time
+from contextlib import nullcontext
 from pathlib import Path
 
 import lightning as L
 import torch
+from lightning.fabric.utilities.rank_zero import _get_rank
 from lightning.pytorch.callbacks import EMAWeightAveraging, LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.loggers import TensorBoardLogger
 
 from .callbacks import FinalCheckpoint, HParamsDeclaration, ProgressFile, SampleGrids, flat_hparams
-from .config import Config, ConfigError, load_config, run_id, to_dict, to_yaml
+from .config import Config, load_config, run_id, to_dict, to_yaml
 from .data import SARDataModule, data_info, decoder_for, extractor_name, missing_decoder
 from .files import atomic_write_text
 from .module import SARLightningModule
-from .runs import RunDir, fd_tag
+from .runs import RunDir, fd_tag, run_cli
 
 
 def metric_keys(cfg: Config) -> list[str]:
@@ -31,19 +33,31 @@ def metric_keys(cfg: Config) -> list[str]:
 
 
 def train(cfg: Config) -> Path:
-    """Train (or resume, or skip) the run of ``cfg``; return its folder."""
+    """Train (or resume, or skip) the run of ``cfg``; return its folder. The run's lock is held throughout
+    (by rank 0 under DDP), so a second process on the same run stops with ``RunBusy``."""
     if cfg.threads > 0:
         torch.set_num_threads(cfg.threads)
     info = data_info(cfg.data)
     rid = run_id(cfg)
     run = RunDir(Path(cfg.root) / rid)
-    status = run.status()
-    if status == "done":
-        print(f"[train] {rid}: already finished ({run.done}); skipping")
-        return run.path
-    print(f"[train] {rid}: {'resuming from ' + str(run.last) if status == 'partial' else 'new run'} in {run.path}")
-    atomic_write_text(run.config, to_yaml(cfg))
+    with run.lock("trained") if _get_rank() in (None, 0) else nullcontext():
+        status = run.status()
+        if status == "done":
+            print(f"[train] {rid}: already finished ({run.done}); skipping")
+            return run.path
+        if status == "partial":
+            run.check_checkpoint(run.last)  # a truncated last.ckpt: say so, and offer an intact snapshot
+        elif run.done.exists():
+            print(f"[train] {rid}: {run.done} exists but {run.last} does not: training the run again")
+            run.done.unlink()
+        print(f"[train] {rid}: {'resuming from ' + str(run.last) if status == 'partial' else 'new run'} "
+              f"in {run.path}")
+        atomic_write_text(run.config, to_yaml(cfg))
+        _fit(cfg, run, info, resume=status == "partial")
+    return run.path
 
+
+def _fit(cfg: Config, run: RunDir, info: dict, resume: bool) -> None:
     L.seed_everything(cfg.train.seed, workers=True, verbose=False)
     t, tr = cfg.train, cfg.trainer
     module = SARLightningModule(to_dict(cfg), info)
@@ -66,14 +80,13 @@ def train(cfg: Config) -> Path:
         limit_val_batches=t.val_batches, log_every_n_steps=t.log_every, num_sanity_val_steps=0,
         enable_progress_bar=tr.enable_progress_bar, enable_model_summary=False, default_root_dir=str(run.path))
     start = time.time()
-    trainer.fit(module, datamodule=SARDataModule(cfg.data), ckpt_path=str(run.last) if status == "partial" else None)
+    trainer.fit(module, datamodule=SARDataModule(cfg.data), ckpt_path=str(run.last) if resume else None,
+                weights_only=True)  # a checkpoint never runs code when loaded
     if trainer.is_global_zero and trainer.global_step >= t.max_steps:
-        done = {"run_id": rid, "global_step": trainer.global_step, "seconds_this_session": time.time() - start,
-                "params": module.model.num_params(),
-                "val_loss": float(trainer.callback_metrics.get("val/loss", float("nan")))}
-        run.write_done(done)
-        print(f"[train] {rid}: finished at step {trainer.global_step}")
-    return run.path
+        run.write_done({"run_id": run.name, "global_step": trainer.global_step,
+                        "seconds_this_session": time.time() - start, "params": module.model.num_params(),
+                        "val_loss": float(trainer.callback_metrics.get("val/loss", float("nan")))})
+        print(f"[train] {run.name}: finished at step {trainer.global_step}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -81,13 +94,7 @@ def main(argv: list[str] | None = None) -> int:
     if not argv or argv[0] in ("-h", "--help"):
         print(__doc__)
         return 0 if argv else 2
-    try:
-        cfg = load_config(argv[0], argv[1:])
-    except (ConfigError, FileNotFoundError) as err:
-        print(f"config error: {err}", file=sys.stderr)
-        return 2
-    train(cfg)
-    return 0
+    return run_cli("train", lambda: train(load_config(argv[0], argv[1:])))
 
 
 if __name__ == "__main__":

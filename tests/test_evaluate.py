@@ -6,10 +6,10 @@ import dataclasses
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
+from conftest import REPO, SMOKE
 
 from sar_lightning.config import ConfigError, load_config
 from sar_lightning.data import decoder_for
@@ -18,8 +18,6 @@ from sar_lightning.runs import RESULTS, load_model, read_results
 from sar_lightning.sampling import Sampler
 from sar_lightning.train import train
 
-REPO = Path(__file__).resolve().parents[1]
-SMOKE = REPO / "experiments" / "smoke.yaml"
 COLUMNS = {"run_id", "data", "model", "params", "train_order", "train_schedule", "train_num_steps", "ckpt_step",
            "ema", "infer_order", "infer_schedule", "num_steps", "cfg_scale", "cfg_schedule", "temperature", "top_k",
            "top_p", "kv_cache", "num_samples", "reference", "extractor", "fd", "kid", "precision", "recall",
@@ -94,7 +92,7 @@ def test_an_interrupted_evaluation_keeps_finished_rows(run_dir, monkeypatch):
         evaluate(run_dir, [*FAST_EVAL, "infer.num_steps=[2,8]", "infer.orders=[raster]"])
     rows = read_results(run_dir / RESULTS)  # parses: never half-written
     assert len(rows) == before + 1 and rows[-1]["infer_order"] == "raster"
-    assert not list(run_dir.glob(".results.jsonl.*"))  # no temporary file left behind
+    assert not list(run_dir.glob(".results.jsonl.*.tmp"))  # no temporary file left behind
 
 
 def test_overrides_that_change_the_trained_run_are_refused(run_dir, capsys):

@@ -4,20 +4,18 @@ trained two steps and evaluated through the FID path with stand-ins for the file
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from conftest import REPO
 from torch import nn
 
 from sar_lightning.config import load_config
-from sar_lightning.data import write_codes
 from sar_lightning.evaluate import evaluate
 from sar_lightning.tokenizers import VQVAE, VQVAEConfig, save_vqvae
 from sar_lightning.train import train
 
-REPO = Path(__file__).resolve().parents[1]
 FMT_B = REPO / "experiments" / "imagenet" / "fmt_B_sar_ts.yaml"
 
 
@@ -37,19 +35,12 @@ class InceptionStandIn(nn.Module):
         return self.proj(nn.functional.adaptive_avg_pool2d(images, 4).flatten(1))
 
 
-def _imagenet_codes(tmp_path: Path) -> Path:
+@pytest.mark.slow
+def test_fmt_b_imagenet_config_trains_and_evaluates_on_cpu(tmp_path, monkeypatch, capsys, tiny_codes):
     # LlamaGen VQ-16 shape: 16x16 codes, vocabulary 16384, 1000 classes; its weights are not here.
-    g = np.random.default_rng(0)
-    splits = {"train": (g.integers(0, 16384, (24, 256)), g.integers(0, 1000, 24)),
-              "val": (g.integers(0, 16384, (8, 256)), g.integers(0, 1000, 8))}
-    return write_codes(tmp_path / "imagenet_vq16", splits, height=16, width=16, vocab_size=16384, num_classes=1000,
+    codes = tiny_codes("imagenet_vq16", height=16, width=16, vocab_size=16384, num_classes=1000, n_train=24, n_val=8,
                        tokenizer={"name": "llamagen_vq16", "path": str(tmp_path / "absent" / "vq_ds16_c2i.pt")},
                        source="random ImageNet-shaped codes", dataset=None)
-
-
-@pytest.mark.slow
-def test_fmt_b_imagenet_config_trains_and_evaluates_on_cpu(tmp_path, monkeypatch, capsys):
-    codes = _imagenet_codes(tmp_path)
     paper = load_config(FMT_B, [f"data.path={codes}"])  # the file as the cluster runs it
     assert (paper.model.name, paper.data.batch_size * paper.trainer.devices, paper.train.lr) == ("B", 256, 1e-4)
     assert paper.train.max_steps == 200 * 5005 and paper.infer.num_samples == 50 * 1000

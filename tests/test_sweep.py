@@ -10,15 +10,13 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
+from conftest import REPO
 
 from sar_lightning.config import ConfigError
-from sar_lightning.data import write_codes
 from sar_lightning.runs import read_results
 from sar_lightning.sweep import expand, load_grid, main, sweep
 
-REPO = Path(__file__).resolve().parents[1]
 GRIDS = sorted((REPO / "experiments" / "grids").glob("*.yaml"))
 GRIDS = [g for g in GRIDS if g.name != "profiles.yaml"]
 
@@ -88,11 +86,8 @@ def test_smoke_sweep_end_to_end_then_rerun_trains_nothing(tmp_path, capsys):
     assert list(out.glob("*.png")) and list(out.glob("*.pdf")) and list(out.glob("*.md"))
 
 
-def test_a_failed_run_is_reported_and_the_others_finish(tmp_path, capsys):
-    g = np.random.default_rng(0)
-    splits = {s: (g.integers(0, 5, (n, 16)), g.integers(0, 3, n)) for s, n in [("train", 64), ("val", 32)]}
-    codes = write_codes(tmp_path / "broken", splits, height=4, width=4, vocab_size=5, num_classes=3,
-                        tokenizer={"name": "pixel", "levels": 5}, source="test")
+def test_a_failed_run_is_reported_and_the_others_finish(tmp_path, capsys, tiny_codes):
+    codes = tiny_codes("broken", n_train=64, n_val=32, source="test")  # 4x4 codes, vocabulary 5, 3 classes
     (codes / "train_codes.npy").write_bytes(b"not a numpy file")  # the config validates; training fails
     runs = TWO_RUNS + (f"  - {{label: broken, overrides: {{data.name: codes, data.path: {codes}, "
                        "train.sample_steps: [4], infer.num_steps: [4]}}\n")

@@ -8,17 +8,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import REPO
 from PIL import Image
 
 import sar_lightning.tokenize as tz
 from sar_lightning.config import ConfigError
-from sar_lightning.data import load_codes_split, read_manifest, tokenizer_from_manifest, write_codes
+from sar_lightning.data import load_codes_split, read_manifest, tokenizer_from_manifest
 from sar_lightning.datasets import load_images
 from sar_lightning.sweep import expand
 from sar_lightning.tokenize import main, tokenize
 from sar_lightning.tokenizers import VQVAE, PixelQuantizer, VQVAEConfig, save_vqvae
 
-REPO = Path(__file__).resolve().parents[1]
 ORDERS = REPO / "experiments" / "grids" / "orders.yaml"
 QUIET = dict(progress=False, chunk_size=256)  # digits: 1437 train + 360 val images = 6 + 2 chunks
 
@@ -126,16 +126,10 @@ def test_vqvae_tokenizer_codes_decode_through_the_manifest(tmp_path):
     assert tokenizer_from_manifest(m).decode(torch.zeros(1, 16, dtype=torch.long)).shape == (1, 1, 8, 8)
 
 
-def _fashion_codes(tmp_path: Path, name: str = "fashion_mnist_vq7") -> Path:
-    g = np.random.default_rng(0)
-    splits = {s: (g.integers(0, 256, (64, 49)), np.arange(64) % 10) for s in ("train", "val")}
-    return write_codes(tmp_path / name, splits, height=7, width=7, vocab_size=256, num_classes=10,
-                       tokenizer={"name": "vqvae", "path": "missing.pt"}, source="random 7x7 test codes",
-                       dataset="fashion_mnist")
-
-
-def test_fashion_overlay_moves_the_grids_onto_the_codes(tmp_path):
-    codes = _fashion_codes(tmp_path)
+def test_fashion_overlay_moves_the_grids_onto_the_codes(tmp_path, tiny_codes):
+    codes = tiny_codes("fashion_mnist_vq7", height=7, width=7, vocab_size=256, num_classes=10, n_train=64, n_val=64,
+                       labels="cycle", tokenizer={"name": "vqvae", "path": "missing.pt"},
+                       source="random 7x7 test codes", dataset="fashion_mnist")
     grids = [g for g in sorted((REPO / "experiments" / "grids").glob("*.yaml")) if g.name != "profiles.yaml"]
     for grid, profile in [*((g, "smoke") for g in grids), (ORDERS, "default")]:
         _, jobs = expand(grid, profile, root=str(tmp_path / "runs"), extra=[f"data.path={codes}"],

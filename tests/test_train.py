@@ -13,36 +13,25 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import REPO, SMOKE
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from sar_lightning.config import ConfigError, load_config, run_id
-from sar_lightning.data import write_codes
 from sar_lightning.train import main, train
 
-REPO = Path(__file__).resolve().parents[1]
-SMOKE = REPO / "experiments" / "smoke.yaml"
 FAST = ["train.max_steps=8", "train.log_every=2", "train.val_every=4", "train.ckpt_every=4", "train.val_batches=1",
         "train.sample_steps=[1,64]", "trainer.enable_progress_bar=false"]
 
 
-def _codes_folder(tmp_path: Path) -> Path:
-    g = np.random.default_rng(0)
-    splits = {s: (g.integers(0, 5, (n, 16)), g.integers(0, 3, n)) for s, n in [("train", 96), ("val", 32)]}
-    return write_codes(tmp_path / "toy_codes", splits, height=4, width=4, vocab_size=5, num_classes=3,
-                       tokenizer={"name": "pixel", "levels": 5}, source="random test codes")
-
-
-def _data_overrides(path: Path, tmp_path: Path) -> list[str]:
+def _data_overrides(path: Path, tiny_codes) -> list[str]:
     """A tmp codes folder for configs that read one: ImageNet-shaped (16x16, vocabulary 16384, 1000
-    classes) under experiments/imagenet/, the toy one for files named *codes*."""
+    classes) under experiments/imagenet/, the toy one (``tiny_codes``' defaults) for files named *codes*."""
     if "imagenet" in path.parts:
-        g = np.random.default_rng(0)
-        splits = {s: (g.integers(0, 16384, (8, 256)), np.arange(8)) for s in ("train", "val")}
-        folder = write_codes(tmp_path / "imagenet_vq16", splits, height=16, width=16, vocab_size=16384,
-                             num_classes=1000, tokenizer={"name": "llamagen_vq16", "path": "missing.pt"},
-                             source="random ImageNet-shaped test codes")
+        folder = tiny_codes("imagenet_vq16", height=16, width=16, vocab_size=16384, num_classes=1000, n_train=8,
+                            n_val=8, labels="cycle", tokenizer={"name": "llamagen_vq16", "path": "missing.pt"},
+                            source="random ImageNet-shaped test codes")
         return [f"data.path={folder}"]
-    return [f"data.path={_codes_folder(tmp_path)}"] if "codes" in path.name else []
+    return [f"data.path={tiny_codes()}"] if "codes" in path.name else []
 
 
 def _yaml_files():
@@ -50,8 +39,8 @@ def _yaml_files():
 
 
 @pytest.mark.parametrize("path", _yaml_files(), ids=lambda p: str(p.relative_to(REPO / "experiments")))
-def test_every_experiment_yaml_loads(path, tmp_path):
-    cfg = load_config(path, _data_overrides(path, tmp_path))
+def test_every_experiment_yaml_loads(path, tiny_codes):
+    cfg = load_config(path, _data_overrides(path, tiny_codes))
     assert run_id(cfg)
 
 
@@ -115,8 +104,8 @@ def test_smoke_fit_writes_config_checkpoints_logs_and_skips_when_done(tmp_path, 
     assert run_id(load_config(run / "config.yaml")) == run.name
 
 
-def test_codes_dataset_trains(tmp_path):
-    folder = _codes_folder(tmp_path)
+def test_codes_dataset_trains(tmp_path, tiny_codes):
+    folder = tiny_codes()
     cfg = load_config(SMOKE, [f"root={tmp_path / 'runs'}", "data.name=codes", f"data.path={folder}",
                               "data.batch_size=16", "train.num_steps=4", *FAST, "train.sample_steps=[2,16]",
                               "infer.num_steps=[1,4]"])

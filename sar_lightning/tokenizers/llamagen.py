@@ -9,7 +9,7 @@ interface takes and returns [0, 1].
 
 from __future__ import annotations
 
-import pickle
+import argparse
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..files import FileError, safe_load
 from .base import Tokenizer
 
 VQ16_FILE = "vq_ds16_c2i.pt"
@@ -271,10 +272,19 @@ def load_llamagen_vq16(
             "or anywhere else, and pass that file as `path=` to load_llamagen_vq16 "
             "(in a codes manifest: tokenizer.path)."
         )
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError:  # full LlamaGen training checkpoints also pickle their argparse args
-        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    with torch.serialization.safe_globals([argparse.Namespace]):  # training checkpoints keep their args
+        ckpt = safe_load(path, "LlamaGen VQ-16 tokenizer checkpoint (vq_ds16_c2i.pt)")
+    weights = _weights(ckpt) if isinstance(ckpt, dict) else None
     tok = LlamaGenVQ(config or LlamaGenVQConfig())
-    tok.model.load_state_dict(_weights(ckpt), strict=True)  # a layout mismatch must fail loudly
+    expected = tok.model.state_dict()
+    if not isinstance(weights, dict) or set(weights) != set(expected):
+        found = set(weights) if isinstance(weights, dict) else set()
+        missing, extra = sorted(set(expected) - found), sorted(found - set(expected))
+        raise FileError(f"{path} is not LlamaGen's VQ-16 tokenizer: {len(missing)} of its {len(expected)} weights "
+                        f"are missing (e.g. {missing[:2]}) and {len(extra)} are unexpected (e.g. {extra[:2]}); "
+                        f"use {VQ16_FILE} from LlamaGen's release")
+    try:
+        tok.model.load_state_dict(weights, strict=True)
+    except RuntimeError as err:  # same names, other shapes (another codebook size or width)
+        raise FileError(f"{path} does not fit the VQ-16 layout: {str(err).splitlines()[1].strip()[:200]}") from None
     return tok.to(device).eval()

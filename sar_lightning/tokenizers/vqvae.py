@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..files import FileError, atomic_write, atomic_write_text, safe_load
 from .base import Tokenizer
 
 CODEBOOK_UPDATES = ("loss", "ema")
@@ -269,8 +270,6 @@ def save_vqvae(model: VQVAE, path: str | Path) -> Path:
     Both are written atomically: an interrupted save never leaves a file that a re-run would skip on."""
     import json
 
-    from ..files import atomic_write, atomic_write_text
-
     path = Path(path)
     cfg = asdict(model.config)
     cfg["image_size"] = list(cfg["image_size"])
@@ -287,7 +286,9 @@ def load_vqvae(path: str | Path, device: str | torch.device = "cpu") -> VQVAE:
     if not path.exists():
         raise FileNotFoundError(f"{path} not found: a VQ-VAE checkpoint is written by "
                                 "sar_lightning.tokenizers.vq_module.train_vqvae (out_dir/vqvae.pt)")
-    ckpt = torch.load(path, map_location=device, weights_only=True)
+    ckpt = safe_load(path, "VQ-VAE checkpoint", "train one with `make vq-fashion` or train_vq", map_location=device)
+    if not isinstance(ckpt, dict) or not {"config", "state_dict"} <= set(ckpt):
+        raise FileError(f"{path} is not a VQ-VAE checkpoint of this suite (no config / state_dict)")
     model = VQVAE(VQVAEConfig.from_dict(ckpt["config"]))
     model.load_state_dict(ckpt["state_dict"])
     return model.to(device).eval()
