@@ -1,7 +1,8 @@
 """What a sweep shows while it runs: each run's state, how many are done, and the time left.
 
 On a terminal, one table redrawn in place (rich's ``Live``); elsewhere (a log file, CI) a plain line
-per event. A run's state comes from the sweep (queued, done, failed) and from the run folder's
+per event (a run starts training, evaluating, ends) and, every ``LINE_EVERY`` seconds, one line with what
+each active run is doing. A run's state comes from the sweep (queued, done, failed) and from the run folder's
 ``progress.json``, which train and evaluate keep current (training step s of S, setting i of n).
 """
 
@@ -13,20 +14,21 @@ import time
 
 from .runs import RunDir
 
+LINE_EVERY = 60.0  # seconds between status lines when the output is not a terminal
 TRAIN_SHARE = 0.8  # a run's training is about this share of its time; the ETA weighs progress with it
 
 
 class SweepProgress:
     """Thread-safe display of a sweep's runs: ``set(label, state)`` from the job threads, ``poll`` to refresh."""
 
-    def __init__(self, jobs, title: str, stream=None, interval: float = 1.0):
+    def __init__(self, jobs, title: str, stream=None, interval: float = 1.0, line_every: float = LINE_EVERY):
         self.stream = stream or sys.stdout
         self.title, self.interval, self.start = title, interval, time.time()
         self.runs = {j.label: RunDir(j.run_dir) for j in jobs}
         self.state = {j.label: "done" if j.status == "done" else "queued" for j in jobs}
         self.detail = {j.label: "" for j in jobs}
         self.lock, self.stop_event = threading.Lock(), threading.Event()
-        self.live = None
+        self.live, self.line_every = None, line_every
 
     def set(self, label: str, state: str) -> None:
         """A job moved on: ``training``, ``evaluating``, ``done`` or ``failed``."""
@@ -84,12 +86,18 @@ class SweepProgress:
 
             self.live = Live(self.table(), console=Console(file=self.stream), refresh_per_second=2)
             self.live.__enter__()
-            threading.Thread(target=self._refresh, daemon=True).start()
+        threading.Thread(target=self._refresh, daemon=True).start()
         return self
 
     def _refresh(self) -> None:
-        while not self.stop_event.wait(self.interval):
-            self.live.update(self.table())
+        if self.live is not None:
+            while not self.stop_event.wait(self.interval):
+                self.live.update(self.table())
+        while not self.stop_event.wait(self.line_every):
+            active = [f"{label}: {self._describe(label)}" for label, state in self.state.items()
+                      if state in ("training", "evaluating")]
+            if active:
+                self._line("; ".join(active))
 
     def __exit__(self, *exc):
         self.stop_event.set()

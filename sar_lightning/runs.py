@@ -48,6 +48,10 @@ class RunBusy(RuntimeError):
     """Another process holds the run folder's lock."""
 
 
+class RunStopped(RuntimeError):
+    """Training ended before max_steps (a signal, an interrupt): resumable, not finished."""
+
+
 @dataclass(frozen=True)
 class RunDir:
     """Paths and status of one run folder; ``RunDir(path)`` touches nothing on disk."""
@@ -256,6 +260,9 @@ def run_cli(command: str, work) -> int:
     except (ConfigError, FileError, FileNotFoundError, RunBusy) as err:
         print(f"{command} error: {err}", file=sys.stderr)
         return 2
+    except RunStopped as err:
+        print(f"{command}: {err}", file=sys.stderr)
+        return 1
     except OSError as err:
         if err.errno not in _WRITE_ERRNOS:
             raise

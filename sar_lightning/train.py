@@ -23,7 +23,7 @@ from .config import Config, load_config, run_id, to_dict, to_yaml
 from .data import SARDataModule, data_info, decoder_for, extractor_name, missing_decoder
 from .files import atomic_write_text
 from .module import SARLightningModule
-from .runs import RunDir, fd_tag, run_cli
+from .runs import RunDir, RunStopped, fd_tag, run_cli
 
 
 def metric_keys(cfg: Config) -> list[str]:
@@ -82,7 +82,10 @@ def _fit(cfg: Config, run: RunDir, info: dict, resume: bool) -> None:
     start = time.time()
     trainer.fit(module, datamodule=SARDataModule(cfg.data), ckpt_path=str(run.last) if resume else None,
                 weights_only=True)  # a checkpoint never runs code when loaded
-    if trainer.is_global_zero and trainer.global_step >= t.max_steps:
+    if trainer.global_step < t.max_steps:  # Lightning ends fit cleanly on SIGTERM / a keyboard interrupt
+        raise RunStopped(f"run {run.name} stopped at step {trainer.global_step} of {t.max_steps}; run the same "
+                         "command again to resume from its last checkpoint")
+    if trainer.is_global_zero:
         run.write_done({"run_id": run.name, "global_step": trainer.global_step,
                         "seconds_this_session": time.time() - start, "params": module.model.num_params(),
                         "val_loss": float(trainer.callback_metrics.get("val/loss", float("nan")))})

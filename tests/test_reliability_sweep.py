@@ -78,6 +78,7 @@ def test_run_job_runs_its_steps_as_before(tmp_path, monkeypatch, code):
     monkeypatch.setattr(sys, "executable", str(fake))
     monkeypatch.setenv("FAKE_CODE", str(code))
     job = _jobs(tmp_path, 1)[0]
+    Path(job.run_dir).mkdir()  # expand writes its config.yaml
     job.evals = [["infer.num_steps=[4]"], ["infer.num_steps=[8]"]]
     result = run_job(job)
     assert result["status"] == ("trained" if code == 0 else "failed") and result["was"] == "new"
@@ -110,6 +111,7 @@ def test_a_stop_terms_the_whole_group_then_kills_what_ignores_it(tmp_path):
         time.sleep(0.05)
     assert not _alive(grandchild), "the child's own child outlived the stop"
     assert not children.live
+    proc.stdout.close()
 
 
 SIGNALS = [signal.SIGINT, signal.SIGTERM, signal.SIGKILL]
@@ -186,3 +188,16 @@ def test_a_signalled_sweep_leaves_no_process_and_no_torn_checkpoint(sweeps, sig)
     assert len([n for n in ckpts if n.startswith("last")]) <= 1, ckpts  # no last-v1.ckpt from a second trainer
     assert all(n.endswith(".ckpt") and not n.startswith(".") for n in ckpts), ckpts  # no temporary files
     assert not (run_dir / "done.json").exists()
+
+
+def test_a_second_signal_kills_at_once():
+    children = Children(grace=60)
+    script = "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); print(flush=True); time.sleep(60)"
+    proc = children.start([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    proc.stdout.readline()  # SIGTERM is ignored from here on
+    children.request_stop(signal.SIGTERM)
+    children.enforce()  # SIGTERM: ignored, and the grace is a minute
+    children.request_stop(signal.SIGTERM)  # ... but a second signal does not wait for it
+    children.enforce()
+    assert children.wait(proc) == -signal.SIGKILL
+    proc.stdout.close()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import json
+import time
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -81,4 +82,15 @@ def test_progress_prints_a_line_per_event_with_counts_and_time_left(tmp_path):
         progress.set("b", "failed")
     lines = out.getvalue().splitlines()
     assert lines[0].startswith("[sweep] a: training") and "0/2 runs done" in lines[0]
+    assert not [line for line in lines if "step" in line]  # no periodic line within the default minute
     assert lines[-1].startswith("[sweep] b: failed") and "2/2 runs done" in lines[-1]
+
+
+def test_progress_prints_what_active_runs_do_every_period(tmp_path):
+    jobs = [SimpleNamespace(label="a", run_dir=str(tmp_path / "a"), status="new")]
+    out = io.StringIO()
+    with SweepProgress(jobs, "test", stream=out, line_every=0.05) as progress:
+        progress.set("a", "training")
+        RunDir(tmp_path / "a").write_progress("training", 7, 100)
+        time.sleep(0.5)
+    assert "[sweep] a: training step 7 of 100" in out.getvalue()
