@@ -13,6 +13,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from .attention import SetMask
 from .layers import EncoderBlock, KVSlot, ffn_hidden
 from .model import ModelConfig, SARModel
 
@@ -52,7 +53,8 @@ class GPT(SARModel):
         self.check_request(order, intervals, "causal")
         cells = order[:, : k - 1]
         x = torch.cat([self.class_tokens(labels), self.embed_tokens(tokens[:, : k - 1], cells)], 1)
-        causal = torch.ones(k, k, dtype=torch.bool, device=x.device).tril()
+        pos = torch.arange(k, device=x.device)
+        causal = SetMask(pos, pos, "le")  # plain causal: attention runs without a mask tensor
         for blk in self.blocks:
             x = blk(x, mask=causal)
         return self.head(self.norm(x))

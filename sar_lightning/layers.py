@@ -12,6 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .attention import attend
+
 
 def ffn_hidden(dim: int, multiple_of: int) -> int:
     """SwiGLU width: 8d/3 rounded up to ``multiple_of`` (LlamaGen's rule; 256 for the paper sizes)."""
@@ -65,10 +67,11 @@ class Attention(nn.Module):
         return self._split(self.wk(ctx)), self._split(self.wv(ctx))
 
     def attend(self, x, k, v, mask=None):
-        """Queries from ``x [B, T, C]`` against ``k, v [B, H, S, hd]``; ``mask [T, S]``, True = attend."""
+        """Queries from ``x [B, T, C]`` against ``k, v [B, H, S, hd]``; ``mask``: a ``SetMask``, a boolean
+        ``[T, S]`` (True = attend) or None (see ``attention.attend``, which picks the kernel)."""
         q = self._split(self.wq(x))
         p = self.dropout if self.training else 0.0
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p)  # (B, H, T, hd)
+        y = attend(q, k, v, mask, dropout_p=p)  # (B, H, T, hd)
         return self.resid_drop(self.wo(y.transpose(1, 2).flatten(2)))
 
     def forward(self, x, ctx=None, mask=None, cache: KVSlot | None = None):

@@ -78,6 +78,18 @@ def build_masks(intervals: Sequence[int], mode: str = "block_causal", device=Non
     return encoder_mask(e), decoder_self_mask(s, mode), decoder_cross_mask(s, e)
 
 
+def set_masks(intervals: Sequence[int], mode: str = "block_causal", device=None):
+    """The three masks of ``build_masks`` as ``SetMask`` rules, so attention can pick a kernel that needs
+    no mask tensor (``attention.attend``); ``.dense()`` of each equals ``build_masks``'s."""
+    from .attention import SetMask
+
+    if mode not in DECODER_MODES:
+        raise ValueError(f"unknown decoder attention mode {mode!r}; valid modes: {', '.join(DECODER_MODES)}")
+    e, s = encoder_set_ids(intervals, device), set_ids(intervals, device)
+    self_rule = {"block_causal": "le", "own_set": "eq", "full": "all"}[mode]
+    return SetMask(e, e, "le"), SetMask(s, s, self_rule), SetMask(s, e, "lt")
+
+
 def loss_positions(intervals: Sequence[int], first_set_loss: bool = True, last_set_only: bool = False,
                    device=None) -> torch.Tensor:
     """Which generation positions carry loss: ``BoolTensor[N]``.

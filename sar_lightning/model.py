@@ -17,7 +17,7 @@ from torch import nn
 
 from .intervals import validate_intervals
 from .layers import DecoderBlock, EncoderBlock, KVSlot, ffn_hidden, init_weights
-from .masks import DECODER_MODES, build_masks, cached_self_mask, loss_positions
+from .masks import DECODER_MODES, cached_self_mask, loss_positions, set_masks
 
 ATTN_MODES = ("causal", "full")  # attention at inference: set by set (cacheable), or MAR's two-set view
 
@@ -173,7 +173,7 @@ class FullyMaskedTransformer(SARModel):
         sizes = list(intervals[:k])
         n_ctx, n_q = sum(sizes[:-1]), sum(sizes)
         # m_e [1 + n_ctx, 1 + n_ctx], m_ds [n_q, n_q], m_dc [n_q, 1 + n_ctx]: cls + sets < k as context
-        m_e, m_ds, m_dc = build_masks(sizes, self.decoder_attn, tokens.device)
+        m_e, m_ds, m_dc = set_masks(sizes, self.decoder_attn, tokens.device)
         ctx_cells = order[:, :n_ctx]
         x = torch.cat([self.class_tokens(labels), self.embed_tokens(tokens.gather(1, ctx_cells), ctx_cells)], 1)
         for blk in self.encoder:
