@@ -55,7 +55,8 @@ class SweepProgress:
         finished = sum(s in ("done", "failed") for s in self.state.values())
         done = sum(self.fraction(label) for label in self.state) / max(1, len(self.state))
         elapsed = time.time() - self.start
-        eta = f"about {_clock(elapsed * (1 - done) / done)} left" if 0 < done < 1 else "ETA when a run has begun"
+        eta = f"about {_clock(elapsed * (1 - done) / done)} left" if 0 < done < 1 else \
+            "all finished" if done >= 1 else "ETA when a run has begun"
         return f"{finished}/{len(self.state)} runs done, {_clock(elapsed)} elapsed, {eta}"
 
     def _describe(self, label: str) -> str:

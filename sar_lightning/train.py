@@ -80,7 +80,7 @@ def _fit(cfg: Config, run: RunDir, info: dict, resume: bool) -> None:
         limit_val_batches=t.val_batches, log_every_n_steps=t.log_every, num_sanity_val_steps=0,
         enable_progress_bar=tr.enable_progress_bar, enable_model_summary=False, default_root_dir=str(run.path))
     start = time.time()
-    trainer.fit(module, datamodule=SARDataModule(cfg.data), ckpt_path=str(run.last) if resume else None,
+    trainer.fit(module, datamodule=SARDataModule(cfg.data, seed=t.seed), ckpt_path=str(run.last) if resume else None,
                 weights_only=True)  # a checkpoint never runs code when loaded
     if trainer.global_step < t.max_steps:  # Lightning ends fit cleanly on SIGTERM / a keyboard interrupt
         raise RunStopped(f"run {run.name} stopped at step {trainer.global_step} of {t.max_steps}; run the same "

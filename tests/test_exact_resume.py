@@ -127,6 +127,8 @@ def test_train_loader_keeps_batch_size_and_validation_order(tmp_path):
     assert tokens.shape[0] == 32 and torch.equal(labels, dm.train_set.tensors[1][loader.sampler.batch(0)])
     assert loader.state_dict() == {"seed": 5, "batch_size": 32, "world_size": 1,
                                    "num_examples": len(dm.train_set), "step": 0}
+    with pytest.warns(UserWarning, match="world_size 2 -> 1"):  # resumed on fewer devices
+        loader.load_state_dict({**loader.state_dict(), "world_size": 2})
     val = [y for _, y in dm.val_dataloader()]
     assert torch.equal(torch.cat(val), dm.val_set.tensors[1])  # in order, every example
 
