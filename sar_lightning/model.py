@@ -17,7 +17,16 @@ from torch import nn
 
 from .intervals import validate_intervals
 from .layers import DecoderBlock, EncoderBlock, KVSlot, ffn_hidden, init_weights
-from .masks import DECODER_MODES, cached_self_mask, loss_positions, set_masks
+from .masks import (
+    DECODER_MODES,
+    cached_self_mask,
+    decoder_cross_mask,
+    decoder_self_mask,
+    encoder_mask,
+    loss_positions,
+    set_ids,
+    set_masks,
+)
 
 ATTN_MODES = ("causal", "full")  # attention at inference: set by set (cacheable), or MAR's two-set view
 
@@ -122,6 +131,11 @@ class SARModel(nn.Module):
         return sar_loss(gen, tokens.gather(1, order), intervals, self.config.first_set_loss,
                         last_set_only=self.decoder_attn == "full")
 
+    def compiled_loss(self, **compile_kwargs):
+        """``loss`` compiled with ``torch.compile``, with inputs of fixed shape: batch to batch only tensor
+        values change, so nothing recompiles when the intervals do (the GPT's intervals never change)."""
+        return torch.compile(self.loss, **compile_kwargs)
+
     def num_params(self) -> int:
         return sum(p.numel() for p in self.parameters())
 
@@ -183,6 +197,37 @@ class FullyMaskedTransformer(SARModel):
         for blk in self.decoder:
             q = blk(q, blk.cross_attn.keys_values(memory), self_mask=m_ds, cross_mask=m_dc)
         return self.head(self.norm(q))
+
+    def loss_from_set_ids(self, tokens, labels, order, s):
+        """``loss`` with the intervals given as set ids ``s [N]`` (a tensor): every shape is fixed, so a
+        compiled copy never recompiles when the intervals change. The encoder also reads the last set,
+        which no query can see (cross-attention needs ``e < s``), so the logits are those of ``loss``."""
+        e = torch.cat([s.new_zeros(1), s])  # (1 + N,) cls has set id 0
+        m_e, m_dc = encoder_mask(e), decoder_cross_mask(s, e)  # the rules of masks.py, as tensors
+        m_ds = decoder_self_mask(s, self.decoder_attn)
+        x = torch.cat([self.class_tokens(labels), self.embed_tokens(tokens.gather(1, order), order)], 1)
+        for blk in self.encoder:
+            x = blk(x, mask=m_e)  # (B, 1 + N, C)
+        memory, q = self.enc_norm(x), self.query + self.pos_emb[order]  # (B, N, C)
+        for blk in self.decoder:
+            q = blk(q, blk.cross_attn.keys_values(memory), self_mask=m_ds, cross_mask=m_dc)
+        logits, targets = self.head(self.norm(q)), tokens.gather(1, order)
+        k = s.max()
+        keep = (s == k) if self.decoder_attn == "full" else \
+            (s >= 2) | (k < 2) if not self.config.first_set_loss else torch.ones_like(s, dtype=torch.bool)
+        ce = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), reduction="none").view_as(targets)
+        weight = keep.to(ce.dtype).expand_as(ce)
+        acc = ((logits.argmax(-1) == targets).float() * weight).sum() / weight.sum()
+        return (ce * weight).sum() / weight.sum(), acc
+
+    def compiled_loss(self, **compile_kwargs):
+        step = torch.compile(self.loss_from_set_ids, **compile_kwargs)
+
+        def loss(tokens, labels, order, intervals):
+            intervals = validate_intervals(intervals, self.num_tokens)
+            return step(tokens, labels, order, set_ids(intervals, tokens.device))
+
+        return loss
 
     # --- KV-cached sampling: one call per set, never recomputing a finished set ---
 

@@ -54,7 +54,8 @@ class SARLightningModule(L.LightningModule):
                                  first_set_loss=m.first_set_loss, class_dropout=m.class_dropout,
                                  dropout=m.dropout)
         self.height, self.width = info["height"], info["width"]
-        self._loss = torch.compile(self.model.loss, dynamic=True) if self.cfg.train.compile else self.model.loss
+        # compiled: fixed-shape inputs, so a new draw of intervals never recompiles (tests/test_compile.py)
+        self._loss = self.model.compiled_loss() if self.cfg.train.compile else self.model.loss
 
     def _generator(self, stream: int, index: int) -> torch.Generator:
         # A fresh seed per (run seed, rank, stream, step): ranks differ, and a resumed run draws
