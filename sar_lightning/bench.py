@@ -64,6 +64,50 @@ def measure(batch: int = 64, repeats: int = 3) -> dict[str, float]:
     return out
 
 
+def flops(fn) -> int:
+    """Floating-point operations ``fn()`` performs, counted by PyTorch's FlopCounterMode (matmuls, attention)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter:
+        fn()
+    return counter.get_total_flops()
+
+
+@torch.inference_mode()
+def measure_ar_end(batch: int = 32, repeats: int = 3, sides=(8, 16)) -> list[dict]:
+    """The FMT at the AR end (raster, K = N, KV cache) against the GPT baseline of equal width and depth,
+    per grid side: FLOPs per image of one teacher-forced forward, sampling seconds per image, and the
+    FMT's cached K = N sampling against its own forward."""
+    rows = []
+    for side in sides:
+        n, vocab = side * side, 17 if side <= 8 else 256
+        row = {"grid": f"{side}x{side}"}
+        for name in ("small", "gpt-small"):
+            torch.manual_seed(0)
+            model = build_model(name, vocab_size=vocab, height=side, width=side).eval()
+            tokens = torch.randint(0, vocab, (batch, n), generator=torch.Generator().manual_seed(0))
+            labels, kwargs = Sampler("raster", "uniform", n, seed=1).request(model, torch.arange(batch), 10)
+            forward = partial(model, tokens, labels, kwargs["order"], [1] * n)
+            row[f"{name}_flops"] = flops(forward) / batch
+            row[f"{name}_forward"] = timed(forward, repeats) / batch
+            row[f"{name}_sample"] = timed(partial(generate, model, labels, **kwargs), repeats) / batch
+        rows.append(row)
+    return rows
+
+
+def report_ar_end(rows: list[dict], batch: int) -> str:
+    lines = [f"FMT-small at the AR end (raster, K = N, KV cache) vs gpt-small (same width and depth), batch {batch}",
+             "", "grid  | FLOPs FMT/GPT | sample s/img FMT | GPT      | time FMT/GPT | FMT sample / forward",
+             "------+---------------+------------------+----------+--------------+---------------------"]
+    for r in rows:
+        fr, tr = r["small_flops"] / r["gpt-small_flops"], r["small_sample"] / r["gpt-small_sample"]
+        sf = r["small_sample"] / r["small_forward"]
+        lines.append(f"{r['grid']:<5} | {fr:>12.2f}x | {r['small_sample']:>16.5f} | {r['gpt-small_sample']:.5f} | "
+                     f"{tr:>11.2f}x | {sf:>19.2f}x")
+    lines.append("targets: time ratio within 1.1x of the FLOP ratio; FMT cached K = N sampling <= 2.0x one forward")
+    return "\n".join(lines)
+
+
 def report(t: dict[str, float], batch: int, repeats: int) -> str:
     lines = [
         f"small FMT, CPU float32, {torch.get_num_threads()} thread(s), batch {batch}, N = 64, "
@@ -102,8 +146,15 @@ def _train_step(model, opt, tokens, labels, order_name, schedule, k, g):
     opt.step()
 
 
-def measure_training(batch: int = 64, repeats: int = 3) -> dict[str, float]:
-    """Training tokens per second for each of ``TRAIN_SETUPS`` (intervals redrawn every step)."""
+def matmul_peak(size: int = 1024, repeats: int = 5) -> float:
+    """FLOP/s of one large float32 matmul on this machine: the "hardware" that training is measured against."""
+    a, b = torch.randn(size, size), torch.randn(size, size)
+    return 2 * size**3 / timed(lambda: a @ b, repeats)
+
+
+def measure_training(batch: int = 64, repeats: int = 3) -> dict[str, dict]:
+    """Per setup of ``TRAIN_SETUPS`` (intervals redrawn every step): tokens per second and FLOP/s of one
+    AdamW step (forward + backward, FLOPs counted by PyTorch on one step)."""
     out = {}
     for name, (size, order_name, schedule, k) in TRAIN_SETUPS.items():
         torch.manual_seed(0)
@@ -112,15 +163,20 @@ def measure_training(batch: int = 64, repeats: int = 3) -> dict[str, float]:
         tokens = torch.randint(0, 17, (batch, model.num_tokens), generator=g)
         step = partial(_train_step, model, torch.optim.AdamW(model.parameters(), lr=1e-4), tokens,
                        torch.arange(batch) % 10, order_name, schedule, k, g)
-        out[name] = batch * model.num_tokens / timed(step, repeats)
+        seconds = timed(step, repeats)
+        out[name] = {"tokens_per_s": batch * model.num_tokens / seconds, "flop_per_s": flops(step) / seconds}
     return out
 
 
-def report_training(t: dict[str, float], batch: int) -> str:
-    gpt = t["gpt-small (raster)"]
-    lines = [f"training throughput, CPU float32, {torch.get_num_threads()} thread(s), batch {batch}, N = 64",
-             "", f"{'setup':>20} | {'tokens/s':>9} | {'vs GPT':>7}", f"{'-' * 20}-+-{'-' * 9}-+-{'-' * 7}"]
-    lines += [f"{name:>20} | {v:>9.0f} | {v / gpt:>6.2f}x" for name, v in t.items()]
+def report_training(t: dict[str, dict], batch: int, peak: float) -> str:
+    gpt = t["gpt-small (raster)"]["tokens_per_s"]
+    lines = [f"training throughput, CPU float32, {torch.get_num_threads()} thread(s), batch {batch}, N = 64; "
+             f"matmul peak {peak / 1e9:.1f} GFLOP/s (1024^2 float32)", "",
+             f"{'setup':>20} | {'tokens/s':>9} | {'vs GPT':>7} | {'GFLOP/s':>8} | {'of peak':>7}",
+             f"{'-' * 20}-+-{'-' * 9}-+-{'-' * 7}-+-{'-' * 8}-+-{'-' * 7}"]
+    lines += [f"{name:>20} | {v['tokens_per_s']:>9.0f} | {v['tokens_per_s'] / gpt:>6.2f}x | "
+              f"{v['flop_per_s'] / 1e9:>8.2f} | {v['flop_per_s'] / peak:>6.1%}" for name, v in t.items()]
+    lines.append("target: FMT tokens/s >= 0.85x the GPT's at equal width and depth (raster-64-ar row)")
     return "\n".join(lines)
 
 
@@ -134,9 +190,11 @@ def main(argv=None) -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.train:
-        print(report_training(measure_training(args.batch, args.repeats), args.batch))
+        print(report_training(measure_training(args.batch, args.repeats), args.batch, matmul_peak()))
     else:
         print(report(measure(args.batch, args.repeats), args.batch, args.repeats))
+        print()
+        print(report_ar_end(measure_ar_end(32, args.repeats), 32))
 
 
 if __name__ == "__main__":

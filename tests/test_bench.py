@@ -1,0 +1,28 @@
+"""The benchmarks run and report ratios (speed targets are numbers they print, never asserted here)."""
+
+import torch
+
+from sar_lightning.bench import flops, matmul_peak, measure_ar_end, measure_training, report_ar_end, report_training
+from sar_lightning.model import build_model
+
+
+def test_ar_end_report_has_the_flop_and_time_ratios():
+    rows = measure_ar_end(batch=2, repeats=1, sides=(4,))
+    fmt, gpt = rows[0]["small_flops"], rows[0]["gpt-small_flops"]
+    assert 1.0 < fmt / gpt < 1.5  # the FMT's cross-attention: about 15% more than a GPT of its width and depth
+    text = report_ar_end(rows, 2)
+    assert "4x4" in text and "FLOPs FMT/GPT" in text
+
+
+def test_flops_count_the_matmuls():
+    model = build_model("tiny", vocab_size=5, height=2, width=2)
+    x = torch.randn(3, 64)
+    assert flops(lambda: model.head(x)) == 2 * 3 * 64 * 5
+
+
+def test_training_report_has_the_fraction_of_the_matmul_peak():
+    peak = matmul_peak(size=128, repeats=1)
+    t = measure_training(batch=4, repeats=1)
+    assert set(t) == {"raster-64-ar", "random-16-random", "random-2-mar", "gpt-small (raster)"}
+    assert all(v["tokens_per_s"] > 0 and 0 < v["flop_per_s"] for v in t.values())
+    assert "of peak" in report_training(t, 4, peak)
