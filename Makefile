@@ -14,7 +14,7 @@ FASHION_VQ := data/tokenizers/fashion_mnist_vq7
 FASHION_CODES := data/fashion_mnist_vq7
 DATA_PREP := $(if $(filter fashion_mnist,$(DATA)),tokenize-fashion)
 
-.PHONY: help install test test-fast lint bench bench-train train evaluate sample sweep-orders sweep-intervals sweep-mar \
+.PHONY: help install test test-fast lint bench bench-train gpu-check train evaluate sample sweep-orders sweep-intervals sweep-mar \
 	sweep-spectrum sweep-all plots tb vq-fashion tokenize-fashion
 
 help: ## list the targets
@@ -43,6 +43,9 @@ bench: install ## sampling speed: KV cache vs recomputation vs one teacher-force
 
 bench-train: install ## training throughput (tokens/s) across the spectrum and the GPT baseline
 	$(PY) -m sar_lightning.bench --train
+
+gpu-check: install ## CUDA only, < 5 min: training tokens/s, cached == uncached, sampling s/image, DDP (ARGS="--steps 30")
+	$(PY) -m sar_lightning.gpu_check $(ARGS)
 
 train: install ## one run: make train CONFIG=experiments/smoke.yaml ARGS="train.max_steps=100"
 	$(PY) -m sar_lightning.train $(or $(CONFIG),experiments/smoke.yaml) root=$(ROOT) $(ARGS)
