@@ -313,6 +313,10 @@ def run_identity(cfg: Config) -> dict:
     ident = {k: v for k, v in to_dict(cfg).items() if k not in _NOT_IDENTITY}
     for k in ("log_every", "val_batches", "sample_steps"):
         ident["train"].pop(k, None)
+    from .intervals import SELF_SIZED
+
+    if cfg.train.schedule in SELF_SIZED:  # these schedules size themselves: K is not a setting
+        ident["train"]["num_steps"] = None
     for old, new in RENAMED_KEYS.items():
         (section, old_key), new_key = old.split("."), new.split(".")[1]
         ident[section][old_key] = ident[section].pop(new_key)

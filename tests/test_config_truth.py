@@ -50,10 +50,10 @@ def _grid_runs(workdir: Path) -> dict[tuple, list[tuple[str, str, dict]]]:
     return out
 
 
-def _clashes(defs: list[tuple[str, str, object]], same) -> list[str]:
-    """Pairs that name one run (the id without its hash) and ``same(a, b)`` says should be one, but differ."""
-    return [f"{a[0]} ({a[1]}) vs {b[0]} ({b[1]})" for a, b in itertools.combinations(defs, 2)
-            if a[1].rsplit("_", 1)[0] == b[1].rsplit("_", 1)[0] and same(a[2], b[2])
+def _clashes(pairs) -> list[str]:
+    """Pairs that name one run (the id without its hash) with one model section, but differ."""
+    return [f"{a[0]} ({a[1]}) vs {b[0]} ({b[1]})" for a, b in pairs
+            if a[1].rsplit("_", 1)[0] == b[1].rsplit("_", 1)[0] and a[2].model == b[2].model
             and run_identity(a[2]) != run_identity(b[2])]
 
 
@@ -64,10 +64,10 @@ def test_no_two_files_define_one_run_differently(workdir, monkeypatch):
     monkeypatch.chdir(workdir)
     runs = _grid_runs(workdir)
     assert sum(map(len, runs.values())) >= len(GRIDS) * len(PROFILES) * len(OVERLAYS) * 4
-    clashes = [c for defs in runs.values() for c in _clashes(defs, lambda a, b: a.model == b.model)]
+    clashes = [c for defs in runs.values() for c in _clashes(itertools.combinations(defs, 2))]
     files = [(str(p.relative_to(EXPERIMENTS)), run_id(c), c) for p in RUN_FILES if p.parent.name == "imagenet"
              for c in [load_config(p)] if not p.name == "paper.yaml"]
-    clashes += _clashes(files + runs[("paper", None)], lambda a, b: True)
+    clashes += _clashes(itertools.product(files, runs[("paper", None)]))
     assert not clashes, "the same run defined differently:\n" + "\n".join(clashes)
 
 

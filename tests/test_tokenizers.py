@@ -6,6 +6,7 @@ import pytest
 import torch
 from sklearn.datasets import load_digits
 
+from sar_lightning.files import FileError
 from sar_lightning.tokenizers import (
     VQVAE,
     LlamaGenVQ,
@@ -188,7 +189,7 @@ def test_llamagen_checkpoint_round_trip(tmp_path):
     bad = dict(ref.model.state_dict())
     bad.pop("quant_conv.bias")
     torch.save({"model": bad}, path)
-    with pytest.raises(RuntimeError, match="quant_conv.bias"):  # strict: layout mismatches fail
+    with pytest.raises(FileError, match="quant_conv.bias"):  # strict: layout mismatches fail, in one line
         load_llamagen_vq16(path, config=cfg)
 
 
