@@ -45,7 +45,7 @@ from .evaluate import pending_settings
 from .files import atomic_write_text
 from .model import MODELS, model_class
 from .progress import SweepProgress
-from .runs import SWEEPS, RunDir, manifest_path
+from .runs import SWEEPS, RunDir, manifest_path, run_cli
 
 PROFILES = ("smoke", "default", "paper")
 
@@ -432,14 +432,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data", default=None, help="a data overlay of experiments/grids/data/ (e.g. fashion_mnist)")
     p.add_argument("overrides", nargs="*", help="key=value applied to every run")
     args = p.parse_intermixed_args(argv)  # options may follow the key=value overrides, and vice versa
+    results = []
+
+    def work():
+        results.extend(sweep(args.grid, args.profile, args.jobs, args.root, args.launcher, args.overrides, args.data))
+
     try:
-        results = sweep(args.grid, args.profile, args.jobs, args.root, args.launcher, args.overrides, args.data)
-    except (ConfigError, FileNotFoundError) as err:
-        print(f"sweep error: {err}", file=sys.stderr)
-        return 2
+        code = run_cli("sweep", work)  # bad input: one line, exit 2
     except SweepInterrupted as stop:  # already reported
         return stop.exit_code
-    return 1 if any(r["status"] == "failed" for r in results) else 0
+    return code or (1 if any(r["status"] == "failed" for r in results) else 0)
 
 
 if __name__ == "__main__":

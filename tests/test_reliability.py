@@ -190,6 +190,12 @@ def test_a_runs_root_that_is_a_file_or_unwritable_is_one_line(tmp_path, capsys, 
     def read_only(self, *args, **kwargs):  # as root, chmod cannot make a folder read-only: simulate it
         raise PermissionError(errno.EACCES, "Permission denied", str(self))
 
+    from sar_lightning import sweep as sweep_cli
+
+    assert sweep_cli.main([str(REPO / "experiments" / "grids" / "orders.yaml"), "--profile", "smoke",
+                           "--root", str(root)]) == 2
+    _one_line(capsys, "cannot write", "root=")
+
     monkeypatch.setattr(Path, "mkdir", read_only)
     assert train_cli.main([str(SMOKE), f"root={tmp_path / 'ro'}", *FAST]) == 2
     _one_line(capsys, "Permission denied", "root=")
