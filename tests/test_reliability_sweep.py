@@ -15,7 +15,8 @@ from pathlib import Path
 import pytest
 from conftest import REPO
 
-from sar_lightning.sweep import Children, Job, launch, run_job
+from sar_lightning.processes import Children
+from sar_lightning.sweep import Job, launch, run_job
 
 LINUX = sys.platform.startswith("linux")
 
