@@ -62,7 +62,7 @@ def _tensors(tree, prefix=""):
 
 
 def _final(run: Path) -> tuple[dict, float]:
-    ckpt = torch.load(run / "checkpoints" / "last.ckpt", weights_only=False, map_location="cpu")
+    ckpt = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True, map_location="cpu")
     assert ckpt["global_step"] == STEPS
     keep = {k: ckpt[k] for k in ("state_dict", "current_model_state", "optimizer_states") if k in ckpt}
     assert "state_dict" in keep and "current_model_state" in keep  # EMA and raw weights
@@ -77,7 +77,7 @@ def test_killed_and_resumed_run_is_bit_identical(tmp_path):
     assert killed.returncode == -9, killed.stderr[-3000:]
     (run,) = list((tmp_path / "killed").iterdir())
     assert not (run / "done.json").exists()
-    assert torch.load(run / "checkpoints" / "last.ckpt", weights_only=False)["global_step"] == KILL_AT
+    assert torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == KILL_AT
 
     resumed = train(load_config(SMOKE, [f"root={tmp_path / 'killed'}", *ARGS]))
     assert resumed == run

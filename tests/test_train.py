@@ -88,7 +88,7 @@ def test_smoke_fit_writes_config_checkpoints_logs_and_skips_when_done(tmp_path, 
     assert (run / "config.yaml").exists() and (run / "done.json").exists()
     ckpts = sorted(p.name for p in (run / "checkpoints").iterdir())
     assert ckpts == ["last.ckpt", "step000004.ckpt", "step000008.ckpt"]
-    ckpt = torch.load(run / "checkpoints" / "last.ckpt", weights_only=False, map_location="cpu")
+    ckpt = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True, map_location="cpu")
     assert ckpt["global_step"] == 8 and "current_model_state" in ckpt  # EMA and raw weights both kept
     ea = _scalars(run / "tb")
     assert {"train/loss", "train/acc", "val/loss", "val/acc"} <= set(ea.Tags()["scalars"])
@@ -137,7 +137,7 @@ def test_killed_run_resumes_from_last_checkpoint(tmp_path):
     proc.wait()
     assert run is not None, "no checkpoint appeared before the deadline"
     assert not (run / "done.json").exists()
-    killed_at = torch.load(run / "checkpoints" / "last.ckpt", weights_only=False)["global_step"]
+    killed_at = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["global_step"]
     assert 10 <= killed_at < 400  # last.ckpt may lag the newest snapshot by one save
     done = subprocess.run(_train_cmd(tmp_path, *extra), cwd=REPO, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-2000:]
