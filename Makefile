@@ -7,7 +7,11 @@ STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha1sum | cut -c1-10)-$
 PROFILE ?= default
 JOBS ?= $(shell nproc)
 ROOT ?= runs
-SWEEP = $(PY) -m sar_lightning.sweep --profile $(PROFILE) --jobs $(JOBS) --root $(ROOT) $(if $(DATA),--data $(DATA))
+# SEEDS=0,1,2 replicates every run of a grid per training seed; sweep-all and sweep-anneal use ALL_SEEDS.
+SEEDS ?=
+ALL_SEEDS ?= 0,1,2
+SWEEP = $(PY) -m sar_lightning.sweep --profile $(PROFILE) --jobs $(JOBS) --root $(ROOT) $(if $(DATA),--data $(DATA)) \
+	$(if $(SEEDS),--seeds $(SEEDS))
 PLOT = $(PY) analysis/plot_tradeoffs.py --root $(ROOT)
 # DATA=fashion_mnist moves a sweep onto Fashion-MNIST VQ codes (experiments/grids/data/), extracted first.
 FASHION_VQ := data/tokenizers/fashion_mnist_vq7
@@ -15,7 +19,7 @@ FASHION_CODES := data/fashion_mnist_vq7
 DATA_PREP := $(if $(filter fashion_mnist,$(DATA)),tokenize-fashion)
 
 .PHONY: help install test test-fast lint bench bench-train gpu-check train evaluate sample sweep-orders sweep-intervals sweep-mar \
-	sweep-spectrum sweep-all plots tb vq-fashion tokenize-fashion
+	sweep-spectrum sweep-anneal sweep-all report plots tb vq-fashion tokenize-fashion
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
@@ -74,11 +78,19 @@ vq-fashion: install ## train the Fashion-MNIST VQ-VAE (28x28 -> 7x7 codes, 256 e
 tokenize-fashion: vq-fashion ## Fashion-MNIST as 7x7 VQ codes in data/fashion_mnist_vq7 (skipped when up to date)
 	$(PY) -m sar_lightning.tokenize --data fashion_mnist --tokenizer vqvae:$(FASHION_VQ)/vqvae.pt --out $(FASHION_CODES) --threads $(JOBS)
 
-sweep-all: sweep-orders sweep-intervals sweep-mar sweep-spectrum ## every grid, then the plots of everything
+sweep-anneal: install ## RAR's order annealing against raster and random, sampled in both orders (ALL_SEEDS seeds)
+	$(SWEEP) experiments/grids/anneal.yaml $(if $(SEEDS),,--seeds $(ALL_SEEDS)) $(ARGS) && $(PLOT) --grid anneal
+
+sweep-all: install ## every grid (orders, intervals, mar, spectrum, anneal) with ALL_SEEDS training seeds, the plots, the report
+	$(MAKE) sweep-orders sweep-intervals sweep-mar sweep-spectrum sweep-anneal SEEDS=$(or $(SEEDS),$(ALL_SEEDS))
 	$(PLOT)
+	$(MAKE) report
 
 plots: install ## redraw the figures from the results table (all runs under ROOT)
 	$(PY) analysis/plot_tradeoffs.py --root $(ROOT) $(if $(GRID),--grid $(GRID))
 
 tb: install ## TensorBoard on http://127.0.0.1:6006 over every run
 	$(PY) -m tensorboard.main --logdir $(ROOT) --host 127.0.0.1 --port 6006
+
+report: install ## docs/results/FINDINGS.md: the ten findings as verdicts computed from the results table
+	$(PY) analysis/report.py --root $(ROOT)

@@ -72,6 +72,10 @@ class TrainConfig:
     log_every: int = 10
     sample_steps: list[int] = field(default_factory=lambda: [1, 4, 16])  # image grids at these K
     seed: int = 0
+    # order anneal (RAR): random order with probability 1 until anneal_start, falling linearly to 0 at
+    # anneal_end (fractions of max_steps), raster otherwise. Part of the run id only for order anneal.
+    anneal_start: float = 0.5
+    anneal_end: float = 0.75
 
 
 @dataclass
@@ -94,6 +98,7 @@ class InferConfig:
     seed: int = 0
     timing_batch: int = 32
     timing_repeats: int = 2
+    bootstrap: int = 200  # resamples of the generated features for the FD's 95% interval (0: none)
     inception_weights: str | None = None  # torch-fidelity's pt_inception-2015-12-05-6726825d.pth
     reference_stats: str | None = None  # an .npz with mu, sigma (ADM's VIRTUAL_imagenet256_labeled.npz)
 
@@ -236,7 +241,7 @@ def check_config(cfg: Config) -> None:
                 "train.seed": (t.seed, 0), "train.val_batches": (t.val_batches, 1),
                 "data.num_workers": (cfg.data.num_workers, 0), "infer.temperature": (inf.temperature, 0),
                 "infer.seed": (inf.seed, 0), "infer.timing_batch": (inf.timing_batch, 1),
-                "infer.timing_repeats": (inf.timing_repeats, 1)}
+                "infer.timing_repeats": (inf.timing_repeats, 1), "infer.bootstrap": (inf.bootstrap, 0)}
     for key, (value, least) in at_least.items():
         if not value >= least:
             raise ConfigError(f"{key} must be >= {least}, got {value}")
@@ -252,6 +257,9 @@ def check_config(cfg: Config) -> None:
         raise ConfigError(f"infer.top_p must lie in (0, 1] or be null, got {cfg.infer.top_p}")
     if not cfg.infer.ckpt.strip():
         raise ConfigError("infer.ckpt is empty: use last or a file name under checkpoints/")
+    if not 0 <= cfg.train.anneal_start <= cfg.train.anneal_end <= 1:
+        raise ConfigError(f"train.anneal_start and train.anneal_end must satisfy 0 <= start <= end <= 1, got "
+                          f"{cfg.train.anneal_start} and {cfg.train.anneal_end}")
     if not 0 <= cfg.train.min_lr_ratio <= 1:
         raise ConfigError(f"train.min_lr_ratio must lie in [0, 1], got {cfg.train.min_lr_ratio}")
     if not cfg.train.lr > 0:
@@ -313,6 +321,9 @@ def run_identity(cfg: Config) -> dict:
     ident = {k: v for k, v in to_dict(cfg).items() if k not in _NOT_IDENTITY}
     for k in ("log_every", "val_batches", "sample_steps"):
         ident["train"].pop(k, None)
+    if cfg.train.order != "anneal":
+        for k in ("anneal_start", "anneal_end"):
+            ident["train"].pop(k, None)
     from .intervals import SELF_SIZED
 
     if cfg.train.schedule in SELF_SIZED:  # these schedules size themselves: K is not a setting

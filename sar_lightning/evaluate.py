@@ -4,8 +4,10 @@ For every inference setting of the grid (``infer.orders`` x ``infer.num_steps`` 
 x ``infer.kv_cache``) it samples ``infer.num_samples`` class-balanced images (image i has label
 ``i % classes`` and its own seed, so results do not depend on batch size or device count), computes
 FD / KID / precision / recall / class accuracy against the real reference split with one feature
-extractor, times seconds per image at a fixed batch size after a warm-up, and appends one row to
-``runs/<run_id>/results.jsonl`` (atomically). Settings already in the file are skipped.
+extractor, a 95% bootstrap interval of the FD over the generated samples (``fd_lo``, ``fd_hi``,
+``fd_std``; ``infer.bootstrap`` resamples, the reference held fixed), times seconds per image at a fixed
+batch size after a warm-up, and appends one row to ``runs/<run_id>/results.jsonl`` (atomically).
+Settings already in the file are skipped.
 Under a Lightning strategy (``trainer.devices=2 trainer.strategy=ddp``) images are split across ranks.
 """
 
@@ -167,8 +169,10 @@ def _evaluate(run: RunDir, cfg: Config) -> list[dict]:
             run.write_progress("evaluating", i - 1, len(todo))
         sampler = Sampler.from_row(setting)
         index = torch.arange(rank * per_rank, (rank + 1) * per_rank).clamp_max(cfg.infer.num_samples - 1)
+        started = time.perf_counter()
         images = sample_images(model, tokenizer, index, info["num_classes"], sampler, cfg.infer.batch_size,
                                fabric.device)
+        sample_seconds = time.perf_counter() - started
         gathered = fabric.all_gather(images.to(fabric.device))  # (world, per_rank, C, H, W) or per_rank...
         sec = seconds_per_image(model, info["num_classes"], sampler, cfg.infer.timing_batch,
                                 cfg.infer.timing_repeats, fabric.device)
@@ -176,31 +180,42 @@ def _evaluate(run: RunDir, cfg: Config) -> list[dict]:
             continue
         images = gathered.reshape(-1, *images.shape[1:])[: cfg.infer.num_samples].cpu()
         labels = torch.arange(len(images)) % info["num_classes"]
-        m = compute_metrics(extractor, images, real, labels, device=fabric.device, seed=setting["seed"])
+        started = time.perf_counter()
+        m = compute_metrics(extractor, images, real, labels, device=fabric.device, seed=setting["seed"],
+                            bootstrap=cfg.infer.bootstrap)
+        metric_seconds = time.perf_counter() - started
         row = dict(run_id=run.name, data=cfg.data.name, model=cfg.model.name, params=model.num_params(),
                    train_order=cfg.train.order, train_schedule=cfg.train.schedule,
                    train_num_steps=cfg.train.num_steps, train_num_steps_range=cfg.train.num_steps_range,
-                   **setting, fd=m["fd"], kid=m.get("kid"), kid_std=m.get("kid_std"),
+                   train_seed=cfg.train.seed, **setting, fd=m["fd"], fd_lo=m.get("fd_lo"), fd_hi=m.get("fd_hi"),
+                   fd_std=m.get("fd_std"), kid=m.get("kid"), kid_std=m.get("kid_std"),
                    precision=m.get("precision"), recall=m.get("recall"), class_acc=m.get("class_acc"),
                    sec_per_image=sec, batch_size=cfg.infer.timing_batch, device=str(fabric.device),
-                   world_size=world, reference_name=reference, git_sha=git_sha())
+                   world_size=world, reference_name=reference, git_sha=git_sha(),
+                   sample_seconds=sample_seconds, metric_seconds=metric_seconds,
+                   bootstrap_seconds=m.get("bootstrap_seconds"), bootstrap=cfg.infer.bootstrap)
         row["num_samples"] = len(images)
         run.append_result(row)  # row by row: an interruption keeps finished settings
         written.append(row)
         print(f"[evaluate] {i}/{len(todo)} {setting['infer_order']} K={setting['num_steps']:>3} "
               f"cfg_scale={setting['cfg_scale']} kv_cache={setting['kv_cache']}: "
-              f"fd_{extractor.name}={m['fd']:.3f} sec/img={sec:.5f}")
+              f"fd_{extractor.name}={m['fd']:.3f}" + (f" [{m['fd_lo']:.3f}, {m['fd_hi']:.3f}]" if m.get("fd_lo")
+                                                      is not None else "") + f" sec/img={sec:.5f}")
     if rank == 0:
         log_to_tensorboard(run, cfg, written)
     return written
 
 
 def log_to_tensorboard(run: RunDir, cfg: Config, rows: list[dict]) -> None:
-    """Eval scalars into the run's TensorBoard folder at the checkpoint's step (HParams picks them up)."""
+    """Eval scalars into the run's TensorBoard folder at the checkpoint's step (HParams picks them up), and
+    FD against the number of steps as a curve (``eval/fd_vs_steps/...``: a scalar whose step is K), so runs
+    overlay in TensorBoard as in the FD-vs-steps figure."""
     from torch.utils.tensorboard import SummaryWriter
 
     writer = SummaryWriter(str(run.tb))
-    for r in rows:
+    for r in sorted(rows, key=lambda r: r["num_steps"]):
+        curve = f"eval/fd_vs_steps/{r['infer_order']}_{r['infer_schedule']}_cfg{r['cfg_scale']}_kv{int(r['kv_cache'])}"
+        writer.add_scalar(curve + ("_full" if r["attn"] == "full" else ""), r["fd"], r["num_steps"])
         default = r["infer_order"] == cfg.train.order and r["cfg_scale"] == 1.0
         tag = fd_tag(r["extractor"], r["num_steps"]) if default else \
             f"eval/fd_{r['extractor']}/{r['infer_order']}_cfg_scale{r['cfg_scale']}/steps_{r['num_steps']:03d}"

@@ -11,7 +11,7 @@ import torch
 from .config import Config, migrate_tree
 from .intervals import SELF_SIZED, make_intervals
 from .model import build_model
-from .orders import make_order
+from .orders import anneal_rate, make_order
 
 # Per-step random streams: orders and intervals; label dropout; model dropout.
 ORDER_STREAM, LABEL_STREAM, DROPOUT_STREAM = 0, 1, 2
@@ -24,10 +24,19 @@ def _mix(*xs: int) -> int:
     return h
 
 
-def draw_sets(train_cfg, height: int, width: int, batch_size: int, generator: torch.Generator):
-    """One training batch's orders ``[B, N]`` (per sample) and intervals (per batch), on the CPU."""
+def draw_sets(train_cfg, height: int, width: int, batch_size: int, generator: torch.Generator,
+              progress: float | None = None):
+    """One training batch's orders ``[B, N]`` (per sample) and intervals (per batch), on the CPU.
+
+    ``progress`` (step / max_steps) sets order ``anneal``'s share of random-order samples; None (validation)
+    draws the order the model is sampled in (raster)."""
     n = height * width
     order = make_order(train_cfg.order, height, width, batch_size, generator=generator)
+    if train_cfg.order == "anneal" and progress is not None:
+        rate = anneal_rate(progress, train_cfg.anneal_start, train_cfg.anneal_end)
+        shuffled = make_order("random", height, width, batch_size, generator=generator)
+        pick = torch.rand(batch_size, generator=generator) < rate
+        order = torch.where(pick[:, None], shuffled, order)
     if train_cfg.schedule in SELF_SIZED:
         k = None
     elif train_cfg.num_steps_range is not None:
@@ -62,10 +71,11 @@ class SARLightningModule(L.LightningModule):
         # exactly what the uninterrupted run would have.
         return torch.Generator().manual_seed(_mix(self.cfg.train.seed, self.global_rank, stream, index))
 
-    def _step(self, batch, generator, label_generator=None):
-        """Loss, accuracy and K of one batch; ``label_generator`` (training only) draws the label dropout."""
+    def _step(self, batch, generator, label_generator=None, progress=None):
+        """Loss, accuracy and K of one batch; ``label_generator`` (training only) draws the label dropout,
+        ``progress`` (training only) is the fraction of training done."""
         tokens, labels = batch
-        order, intervals = draw_sets(self.cfg.train, self.height, self.width, len(tokens), generator)
+        order, intervals = draw_sets(self.cfg.train, self.height, self.width, len(tokens), generator, progress)
         if label_generator is not None:
             labels = self.model.drop_labels(labels, label_generator)
         loss, acc = self._loss(tokens, labels, order.to(self.device), intervals)
@@ -87,13 +97,18 @@ class SARLightningModule(L.LightningModule):
         (orders, intervals, label dropout, model dropout) is a function of (seed, rank, step), never of
         the global RNG's state, so a resumed run repeats the uninterrupted one exactly."""
         with self._dropout_rng(step):
-            return self._step(batch, self._generator(ORDER_STREAM, step), self._generator(LABEL_STREAM, step))
+            return self._step(batch, self._generator(ORDER_STREAM, step), self._generator(LABEL_STREAM, step),
+                              progress=step / self.cfg.train.max_steps)
 
     def training_step(self, batch, batch_idx):
         loss, acc, k = self.train_batch(batch, self.global_step)
         self.log("train/loss", loss, prog_bar=True)
         self.log("train/acc", acc)
         self.log("train/num_steps", float(k))
+        if self.cfg.train.order == "anneal":
+            t = self.cfg.train
+            self.log("train/anneal_random_rate", anneal_rate(self.global_step / t.max_steps, t.anneal_start,
+                                                             t.anneal_end))
         return loss
 
     def validation_step(self, batch, batch_idx):

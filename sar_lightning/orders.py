@@ -83,6 +83,23 @@ def random(height, width, batch_size, *, generator=None, device=None, seeds=None
     return torch.argsort(noise, dim=1)
 
 
+@register_order("anneal")
+def anneal(height, width, batch_size, *, generator=None, device=None):
+    """RAR's annealed order (Yu et al. 2024) at inference: raster. In training each sample is in ``random``
+    order with a probability r that falls from 1 to 0 over training (``anneal_rate``, drawn by
+    ``module.draw_sets``), in raster order otherwise; the trained model is sampled in raster order."""
+    return raster(height, width, batch_size, device=device)
+
+
+def anneal_rate(progress: float, start: float, end: float) -> float:
+    """RAR's r: 1 until ``start`` (a fraction of training), falling linearly to 0 at ``end``, then 0."""
+    if progress <= start:
+        return 1.0
+    if progress >= end:
+        return 0.0
+    return (end - progress) / (end - start)
+
+
 @register_order("fixed_random")
 def fixed_random(height, width, batch_size, *, generator=None, device=None, seed: int = 0):
     """One permutation drawn from ``seed`` (never from ``generator``): the same for every row and call.

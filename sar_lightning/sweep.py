@@ -8,6 +8,10 @@ command). Profiles (``experiments/grids/profiles.yaml``, then the grid's own ``p
 per profile ``train:``/``eval:``), which moves any grid onto another data set (``fashion_mnist``).
 The string ``N`` in a step-count list means the data's number of tokens.
 
+Training seeds (``--seeds 0,1,2``, else a profile's or the grid's ``seeds:``) replicate every run of the
+grid: replica ``s`` trains with ``train.seed=s`` (part of the run id) and samples with ``infer.seed=s``,
+so each replica has its own training draws and its own samples. Replicas share their grid label.
+
 Finished runs are skipped, interrupted ones resume from their last checkpoint, evaluation only
 samples the settings missing from each run's results. Jobs run as subprocesses (``--jobs`` at once,
 threads split between them) or through submitit (``--launcher slurm`` on a cluster, ``submitit-local``).
@@ -45,7 +49,7 @@ from .processes import CHILDREN, Children, SweepInterrupted, install_stop_handle
 from .progress import SweepProgress
 from .runs import SWEEPS, RunDir, manifest_path, run_cli
 
-PROFILES = ("smoke", "default", "paper")
+PROFILES = ("smoke", "default", "gpu", "paper")
 
 
 @dataclass
@@ -62,7 +66,8 @@ class GridSpec:
     defaults: list[str]
     runs: list[RunSpec]
     evals: list[dict[str, Any]] = field(default_factory=lambda: [{}])
-    profiles: dict[str, Any] = field(default_factory=dict)  # profile -> {train: {...}, eval: {...}}
+    profiles: dict[str, Any] = field(default_factory=dict)  # profile -> {train: {...}, eval: {...}, seeds}
+    seeds: list[int] | None = None  # training seeds; a profile's seeds or --seeds win
     slurm: dict[str, Any] = field(default_factory=dict)
 
 
@@ -74,6 +79,11 @@ class Job:
     evals: list[list[str]]  # one override list per evaluate call
     threads: int
     status: str = "new"
+    name: str = ""  # the grid label, shared by a run's seed replicas (``label`` is unique: "raster s1")
+    seed: int | None = None
+
+    def __post_init__(self):
+        self.name = self.name or self.label
 
 
 def load_grid(path: str | Path) -> GridSpec:
@@ -102,10 +112,10 @@ def experiments_root(grid_path: Path) -> Path:
     return Path(__file__).resolve().parents[1] / "experiments"
 
 
-def _profile(grid: GridSpec, profile: str, experiments: Path, data: str | None = None) -> tuple[list, dict, dict]:
-    """Experiment files, run overrides and eval overrides of a profile: grids/profiles.yaml first, then the
-    grid's own, then the data overlay ``grids/data/<data>.yaml``. The files (``defaults:``, names under
-    ``experiments/``) merge after the grid's own defaults, the overrides after both."""
+def _profile(grid: GridSpec, profile: str, experiments: Path, data: str | None = None) -> tuple[list, dict, dict, list]:
+    """Experiment files, run overrides, eval overrides and training seeds (None: the configs') of a profile:
+    grids/profiles.yaml first, then the grid's own, then the data overlay ``grids/data/<data>.yaml``. The files
+    (``defaults:``, names under ``experiments/``) merge after the grid's own defaults, the overrides after both."""
     if profile not in PROFILES:
         raise ConfigError(f"unknown profile {profile!r}; valid profiles: {', '.join(PROFILES)}")
     shared_file = experiments / "grids" / "profiles.yaml"
@@ -119,25 +129,45 @@ def _profile(grid: GridSpec, profile: str, experiments: Path, data: str | None =
         overlay = OmegaConf.load(overlay_file)
     merged = OmegaConf.merge(shared.get(profile, {}), grid.profiles.get(profile, {}), overlay.get(profile, {}))
     tree = OmegaConf.to_container(merged)
-    unknown = set(tree) - {"defaults", "train", "eval"}
+    unknown = set(tree) - {"defaults", "train", "eval", "seeds"}
     if unknown:
-        raise ConfigError(f"profile {profile!r}: unknown keys {sorted(unknown)}; valid: defaults, train, eval")
-    return tree.get("defaults") or [], tree.get("train") or {}, tree.get("eval") or {}
+        raise ConfigError(f"profile {profile!r}: unknown keys {sorted(unknown)}; valid: defaults, train, eval, seeds")
+    return tree.get("defaults") or [], tree.get("train") or {}, tree.get("eval") or {}, tree.get("seeds")
+
+
+def parse_seeds(text: str | list | None) -> list[int] | None:
+    """``"0,1,2"`` or ``[0, 1, 2]`` -> ``[0, 1, 2]``: distinct non-negative integers, or None."""
+    if text is None:
+        return None
+    items = text.split(",") if isinstance(text, str) else list(text)
+    try:
+        seeds = [int(str(x).strip()) for x in items if str(x).strip()]
+    except ValueError:
+        raise ConfigError(f"seeds: expected comma-separated integers such as 0,1,2, got {text!r}") from None
+    if not seeds or min(seeds) < 0 or len(set(seeds)) != len(seeds):
+        raise ConfigError(f"seeds: give distinct integers >= 0 such as 0,1,2, got {text!r}")
+    return seeds
 
 
 def expand(grid_path: str | Path, profile: str = "default", root: str | None = None, jobs: int = 1,
-           extra: list[str] | tuple = (), data: str | None = None) -> tuple[GridSpec, list[Job]]:
-    """Grid file -> validated jobs. Every run config is checked before any work starts."""
+           extra: list[str] | tuple = (), data: str | None = None,
+           seeds: list[int] | None = None) -> tuple[GridSpec, list[Job]]:
+    """Grid file -> validated jobs (one per run and training seed). Every run config is checked before
+    any work starts."""
     grid_path = Path(grid_path)
     grid = load_grid(grid_path)
     experiments = experiments_root(grid_path)
-    files, run_over, eval_over = _profile(grid, profile, experiments, data)
+    files, run_over, eval_over, profile_seeds = _profile(grid, profile, experiments, data)
+    seeds = parse_seeds(seeds if seeds is not None else profile_seeds if profile_seeds is not None else grid.seeds)
     defaults = [*grid.defaults, *files]
     threads = max(1, (os.cpu_count() or 1) // max(1, jobs))
     out, seen, configs = [], {}, []
-    for spec in grid.runs:
-        # 1) the base files, 2) the profile + data overlay, 3) the run, 4) the command line, 5) the main evaluation.
-        overrides = [*_dotlist(run_over), *_dotlist(spec.overrides), *extra]
+    for spec, seed in [(spec, seed) for spec in grid.runs for seed in (seeds or [None])]:
+        # 1) the base files, 2) the profile + data overlay, 3) the run, 4) the seed, 5) the command line,
+        # 6) the main evaluation.
+        replica = [] if seed is None else [f"train.seed={seed}", f"infer.seed={seed}"]
+        overrides = [*_dotlist(run_over), *_dotlist(spec.overrides), *replica, *extra]
+        label = spec.label if seeds is None or len(seeds) == 1 else f"{spec.label} s{seed}"
         if root is not None:
             overrides.append(f"root={root}")
         cfg = load_config(None, overrides, defaults=defaults, experiments=experiments)
@@ -154,10 +184,11 @@ def expand(grid_path: str | Path, profile: str = "default", root: str | None = N
         cfg = load_config(None, [*overrides, *evals[0]], defaults=defaults, experiments=experiments)
         rid = run_id(cfg)
         if rid in seen:
-            raise ConfigError(f"grid {grid.name}: runs {seen[rid]!r} and {spec.label!r} are the same run ({rid})")
-        seen[rid] = spec.label
+            raise ConfigError(f"grid {grid.name}: runs {seen[rid]!r} and {label!r} are the same run ({rid})")
+        seen[rid] = label
         configs.append((RunDir(Path(cfg.root) / rid), to_yaml(cfg)))
-        out.append(Job(spec.label, rid, str(configs[-1][0].path), evals, threads, configs[-1][0].status()))
+        out.append(Job(label, rid, str(configs[-1][0].path), evals, threads, configs[-1][0].status(),
+                       name=spec.label, seed=cfg.train.seed))
     for run, text in configs:  # only once every run is valid: evaluation settings may have changed
         atomic_write_text(run.config, text)
     return grid, out
@@ -250,12 +281,13 @@ def launch(jobs: list[Job], n_parallel: int, launcher: str, folder: Path, slurm:
     return results
 
 
-def sweep(grid_path, profile="default", jobs=None, root=None, launcher="local", extra=(), data=None) -> list[dict]:
+def sweep(grid_path, profile="default", jobs=None, root=None, launcher="local", extra=(), data=None,
+          seeds=None) -> list[dict]:
     """Run a grid (see the module doc); the results, one per run. With the local launcher, SIGINT and SIGTERM
     stop it cleanly (from the main thread): the manifest records the statuses so far and ``SweepInterrupted``
     is raised once the running jobs are stopped and its message printed on stderr."""
     jobs = jobs or max(1, os.cpu_count() or 1)
-    grid, todo = expand(grid_path, profile, root, jobs, extra, data)
+    grid, todo = expand(grid_path, profile, root, jobs, extra, data, seeds)
     root_dir = Path(todo[0].run_dir).parent if todo else Path(root or "runs")
     tag = f"{profile}-{data}" if data else profile  # one manifest per (grid, profile, data overlay)
     print(f"[sweep] {grid.name} ({tag}): {len(todo)} runs, {jobs} at a time via {launcher}: {grid.question}")
@@ -266,7 +298,8 @@ def sweep(grid_path, profile="default", jobs=None, root=None, launcher="local", 
         results = launch(todo, jobs, launcher, root_dir / SWEEPS / "submitit", grid.slurm, f"{grid.name} ({tag})",
                          children=children)
         manifest = {"grid": grid.name, "profile": profile, "data": data, "question": grid.question,
-                    "runs": [{"run_id": r["run_id"], "label": r["label"], "status": r["status"]} for r in results]}
+                    "runs": [{"run_id": r["run_id"], "label": job.name, "seed": job.seed, "status": r["status"]}
+                             for job, r in zip(todo, results)]}
         atomic_write_text(manifest_path(root_dir, grid.name, tag), json.dumps(manifest, indent=1))  # whole or not
     finally:
         restore_handlers(previous)
@@ -294,12 +327,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--root", default=None, help="run folder root (default: the config's, runs/)")
     p.add_argument("--launcher", default="local", choices=("local", "submitit-local", "slurm"))
     p.add_argument("--data", default=None, help="a data overlay of experiments/grids/data/ (e.g. fashion_mnist)")
+    p.add_argument("--seeds", default=None, help="training seeds, e.g. 0,1,2: every run replicated per seed "
+                   "(default: the profile's or the grid's seeds:, else the configs' train.seed)")
     p.add_argument("overrides", nargs="*", help="key=value applied to every run")
     args = p.parse_intermixed_args(argv)  # options may follow the key=value overrides, and vice versa
     results = []
 
     def work():
-        results.extend(sweep(args.grid, args.profile, args.jobs, args.root, args.launcher, args.overrides, args.data))
+        results.extend(sweep(args.grid, args.profile, args.jobs, args.root, args.launcher, args.overrides, args.data,
+                             args.seeds))
 
     try:
         code = run_cli("sweep", work)  # bad input: one line, exit 2
