@@ -32,12 +32,15 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP) ## create the virtual environment ($(VENV)) and install the package with its dev extra
 
-test-fast: install ## the tests without the slow ones
-	$(PY) -m pytest -q -m "not slow"
+# Tests run in parallel worker processes (pytest-xdist), one per core.
+TEST_JOBS ?= $(shell nproc)
 
-test: install ## run the whole test suite (slow tests included) and ruff
+test-fast: install ## the tests without the slow ones
+	$(PY) -m pytest -q -m "not slow" -n $(TEST_JOBS)
+
+test: install ## run the whole test suite (slow tests included, one worker per core) and ruff
 	$(VENV)/bin/ruff check sar_lightning tests analysis
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n $(TEST_JOBS) --durations=15
 
 lint: install ## ruff on the code
 	$(VENV)/bin/ruff check sar_lightning tests analysis

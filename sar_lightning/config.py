@@ -335,6 +335,15 @@ def run_identity(cfg: Config) -> dict:
     return ident
 
 
+def recipe_id(cfg: Config) -> str:
+    """The run id without its seed: ``{order}-{K}-{schedule}_{model}_{data}_{hash}``, the hash over
+    ``run_identity`` less ``train.seed``. A run's training-seed replicas share it."""
+    ident = run_identity(cfg)
+    ident["train"].pop("seed", None)
+    digest = hashlib.sha1(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:6]
+    return run_id(cfg).rsplit("_s", 1)[0] + f"_{digest}"
+
+
 def run_id(cfg: Config) -> str:
     """``{order}-{K}-{schedule}_{model}_{data}_s{seed}_{hash}``: semantic, never from the clock; the hash
     covers ``run_identity``."""

@@ -183,18 +183,25 @@ def get_classifier_extractor(dataset: str, seed: int = 0, cache_root=None) -> Cl
     """The cached classifier extractor for (dataset, seed); trained and cached on the first call.
 
     The record (held-out accuracy, epochs, seed, feature dim, ...) is attached as ``extractor.record``.
+    A file lock beside the cache makes concurrent first calls (a sweep's parallel evaluations, parallel
+    tests) train it once: the others wait, then load it.
     """
+    from filelock import FileLock
+
     weights, record_path = classifier_cache_paths(dataset, seed, cache_root)
-    if weights.is_file() and record_path.is_file():  # the record is written last: both = complete
-        record = json.loads(record_path.read_text())
-        net = _build_classifier(dataset, record)
-        net.load_state_dict(safe_load(weights, "cached classifier", f"delete {weights.parent} to train it again"))
-        net.eval().requires_grad_(False)
-    else:
-        net, record = train_classifier(dataset, seed)
+    if not (weights.is_file() and record_path.is_file()):  # the record is written last: both = complete
         weights.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write(weights, lambda p: torch.save(net.state_dict(), p))
-        atomic_write(record_path, lambda p: p.write_text(json.dumps(record, indent=2) + "\n"))
+        with FileLock(str(weights.with_suffix(".lock"))):
+            if not (weights.is_file() and record_path.is_file()):  # another process may have trained it
+                net, record = train_classifier(dataset, seed)
+                atomic_write(weights, lambda p: torch.save(net.state_dict(), p))
+                atomic_write(record_path, lambda p: p.write_text(json.dumps(record, indent=2) + "\n"))
+                net.record = record
+                return net
+    record = json.loads(record_path.read_text())
+    net = _build_classifier(dataset, record)
+    net.load_state_dict(safe_load(weights, "cached classifier", f"delete {weights.parent} to train it again"))
+    net.eval().requires_grad_(False)
     net.record = record
     return net
 

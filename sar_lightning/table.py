@@ -4,8 +4,12 @@
 
 One row per (run, checkpoint, sampler setting), as the evaluate command wrote it, plus what the run's
 ``config.yaml`` and the sweep manifests (``<root>/sweeps/<grid>-<profile>.json``) add: the run's label,
-the grids it belongs to, its decoder attention and first-set loss, and ``fd_<extractor>`` (a copy of
-``fd`` under its extractor's name, so distances from different extractors never share a column).
+the grids it belongs to, its decoder attention and first-set loss, its training seed and ``recipe`` (the
+run id without the seed: a run's seed replicas share it), and ``fd_<extractor>`` (a copy of ``fd`` under
+its extractor's name, so distances from different extractors never share a column).
+
+:func:`aggregate` folds seed replicas into one row per (recipe, setting): mean, standard deviation,
+number of seeds and a 95% interval across seeds (``<out>_seeds.parquet`` / ``.csv``).
 Plots read only this table, through the views at the end of this file (:func:`prepare`: each run at its
 latest checkpoint, one row per setting, a ``line`` name per configuration; :func:`own_order`;
 :func:`select_grid`), so that every figure picks its rows the same way.
@@ -15,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -74,15 +79,29 @@ def _run_config(run_dir: Path) -> dict:
         return {}
 
 
+def _recipe(run_dir: Path) -> str | None:
+    """The run's ``recipe_id`` (its id less the seed), or None when its config.yaml cannot be read."""
+    from .config import ConfigError, load_config, recipe_id
+
+    try:
+        return recipe_id(load_config(run_dir / CONFIG))
+    except (ConfigError, OSError, ValueError):
+        return None
+
+
 def collect(root: str | Path = "runs") -> pd.DataFrame:
     """Every result row under ``root``, with labels, grids and model options; an empty frame if none."""
     root = Path(root)
     members = sweep_membership(root) if root.is_dir() else {}
     rows = []
     for results in sorted(root.glob(f"*/{RESULTS}")):
-        model_cfg = {**MODEL_DEFAULTS, **(_run_config(results.parent).get("model") or {})}
+        run_cfg = _run_config(results.parent)
+        model_cfg = {**MODEL_DEFAULTS, **(run_cfg.get("model") or {})}
+        recipe = _recipe(results.parent)
         for row in read_results(results):
             row.setdefault("run_id", results.parent.name)
+            row.setdefault("train_seed", (run_cfg.get("train") or {}).get("seed", 0))
+            row["recipe"] = recipe or _SEED_IN_ID.sub("", row["run_id"])
             member = members.get(row["run_id"], {})
             row["label"] = member.get("label") or fallback_label(row["run_id"], row.get("model"))
             row["grids"] = ",".join(member.get("grids", []))
@@ -92,6 +111,9 @@ def collect(root: str | Path = "runs") -> pd.DataFrame:
                 row[f"fd_{row['extractor']}"] = row["fd"]
             rows.append(row)
     return _tidy(pd.DataFrame(rows))
+
+
+_SEED_IN_ID = re.compile(r"_s\d+(?=_[0-9a-f]{6}$)")  # a run id's "_s<seed>" before its hash
 
 
 def _tidy(df: pd.DataFrame) -> pd.DataFrame:
@@ -172,14 +194,16 @@ def prepare(df: pd.DataFrame, notes: list[str]) -> pd.DataFrame:
 
 def _line_key(df: pd.DataFrame) -> tuple[pd.Series, pd.Series]:
     """(config, line): one name per trained model, and per model and inference variant, in every figure."""
-    runs_per_label = df.groupby("label")["run_id"].transform("nunique")
-    # Two runs with one label (the same grid under two profiles): tell them apart by the run's hash.
-    config = df["label"].astype(str).where(runs_per_label == 1, df["label"] + " [" + df["run_id"].str[-6:] + "]")
+    recipe = df["recipe"] if "recipe" in df else df["run_id"]
+    recipes_per_label = recipe.groupby(df["label"]).transform("nunique")
+    # Two recipes with one label (the same grid under two profiles): tell them apart by the recipe's hash.
+    # Seed replicas of one recipe share the name.
+    config = df["label"].astype(str).where(recipes_per_label == 1, df["label"] + " [" + recipe.str[-6:] + "]")
     full = df["attn"].eq("full") & df["decoder_attn"].ne("full")
     line = config + np.where(full, " (full attn at inference)", "")
     if "infer_schedule" in df:  # e.g. the VAR-like run also sampled with its own next_scale intervals
         schedule = df["infer_schedule"].fillna("").astype(str)
-        usual = schedule.groupby(df["run_id"]).transform(lambda s: s.mode().iloc[0])
+        usual = schedule.groupby(recipe).transform(lambda s: s.mode().iloc[0])
         line = line + np.where(schedule.ne(usual), ", " + schedule + " intervals", "")
     return config, line
 
@@ -205,6 +229,64 @@ def select_grid(df: pd.DataFrame, root: str, grid: str) -> tuple[pd.DataFrame, s
     return df[df["run_id"].isin(ids) | tagged], question
 
 
+# The columns that name one point of a figure across seeds: the recipe and its sampler setting, without the
+# seeds (training seed, sample seed) and the checkpoint step.
+POINT = ("recipe", "line", "config", "label", *[k for k in SETTING if k not in ("seed", "ckpt_step")])
+CONFIDENCE = 0.95
+
+
+def seed_interval(values: pd.Series, level: float = CONFIDENCE) -> tuple[float, float, float, float]:
+    """``(mean, sd, lo, hi)`` of one point's values across seeds: Student's t interval
+    ``mean +- t_{(1+level)/2, n-1} sd / sqrt(n)`` (sd with n - 1); lo = hi = mean when n < 2."""
+    from scipy import stats
+
+    x = values.dropna().to_numpy(float)
+    n = len(x)
+    if n == 0:
+        return (float("nan"),) * 4
+    mean = float(x.mean())
+    if n < 2:
+        return mean, float("nan"), mean, mean
+    sd = float(x.std(ddof=1))
+    half = float(stats.t.ppf((1 + level) / 2, n - 1)) * sd / np.sqrt(n)
+    return mean, sd, mean - half, mean + half
+
+
+def aggregate(df: pd.DataFrame, metric: str = "fd") -> pd.DataFrame:
+    """Seed replicas of ``prepare``'s rows folded into one row per (recipe, sampler setting).
+
+    Columns: the point's keys (``POINT``), ``n_seeds``, ``seeds`` (e.g. "0,1,2"), ``<metric>_mean``,
+    ``<metric>_sd``, ``<metric>_ci_lo`` / ``<metric>_ci_hi`` (``seed_interval``: a 95% t interval across
+    seeds, which holds training-seed and sampling noise together), ``interval`` ("seeds" or, for a point
+    with one seed, "bootstrap": the evaluation's 95% bootstrap interval over samples, ``fd_lo``/``fd_hi``,
+    or "none"), ``<metric>_lo`` / ``<metric>_hi`` (the interval a figure or verdict uses), the mean
+    ``sec_per_image``, and ``grids`` (every grid any replica belongs to).
+    """
+    keys = [k for k in POINT if k in df]
+    rows = []
+    for point, g in df.groupby(keys, dropna=False, sort=False):
+        mean, sd, lo, hi = seed_interval(g[metric])
+        seeds = sorted({int(s) for s in g["train_seed"].dropna()}) if "train_seed" in g else []
+        row = dict(zip(keys, point), n_seeds=len(g), seeds=",".join(map(str, seeds)), **{
+            f"{metric}_mean": mean, f"{metric}_sd": sd, f"{metric}_ci_lo": lo, f"{metric}_ci_hi": hi})
+        if len(g) >= 2:
+            row.update(interval="seeds", **{f"{metric}_lo": lo, f"{metric}_hi": hi})
+        elif metric == "fd" and {"fd_lo", "fd_hi"} <= set(g) and g["fd_lo"].notna().all():
+            row.update(interval="bootstrap", fd_lo=float(g["fd_lo"].iloc[0]), fd_hi=float(g["fd_hi"].iloc[0]))
+        else:
+            row.update(interval="none", **{f"{metric}_lo": mean, f"{metric}_hi": mean})
+        if "sec_per_image" in g:
+            row["sec_per_image"] = float(g["sec_per_image"].mean())
+        if "grids" in g:
+            row["grids"] = ",".join(sorted({x for v in g["grids"] for x in str(v).split(",") if x}))
+        for col in ("train_order", "train_schedule", "train_num_steps", "model", "data", "decoder_attn",
+                    "first_set_loss"):
+            if col in g:
+                row[col] = g[col].iloc[0]
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
 def no_results_message(root: str | Path) -> str:
     return (f"no results under {root}/*/results.jsonl: train and evaluate runs first "
             "(e.g. make sweep-orders)")
@@ -221,6 +303,10 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     parquet, csv = write_table(df, args.out)
     print(f"[collect] {len(df)} rows from {df['run_id'].nunique()} runs under {args.root} -> {parquet}, {csv}")
+    notes: list[str] = []
+    agg = aggregate(prepare(df, notes))
+    parquet, csv = write_table(agg, f"{str(args.out).removesuffix('.parquet').removesuffix('.csv')}_seeds")
+    print(f"[collect] {len(agg)} points ({int((agg['n_seeds'] > 1).sum())} with 2+ seeds) -> {parquet}, {csv}")
     return 0
 
 

@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+from conftest import REPO
 
 from sar_lightning.orders import ORDERS, is_permutation, make_order, parse_order_name
 
@@ -131,3 +132,31 @@ def test_unknown_order_lists_the_valid_names():
     with pytest.raises(ValueError) as err:
         make_order("zigzag", 8, 8, 1)
     assert all(name in str(err.value) for name in ORDERS)
+
+
+def test_anneal_rate_is_rars_schedule():
+    from sar_lightning.orders import anneal_rate
+
+    assert [anneal_rate(p, 0.5, 0.75) for p in (0.0, 0.5, 0.625, 0.75, 1.0)] == [1.0, 1.0, 0.5, 0.0, 0.0]
+    assert anneal_rate(0.5, 0.5, 0.5) == 1.0 and anneal_rate(0.51, 0.5, 0.5) == 0.0
+
+
+def test_anneal_trains_random_then_raster_and_samples_raster():
+    from sar_lightning.config import ConfigError, load_config, run_id
+    from sar_lightning.module import draw_sets
+
+    def cfg(*extra):
+        return load_config(None, ["train.schedule=ar", "train.num_steps=null", *extra],
+                           defaults=["base", "data/digits"], experiments=REPO / "experiments")
+
+    t = cfg("train.order=anneal").train
+    share = {p: (draw_sets(t, 8, 8, 2000, torch.Generator().manual_seed(0), p)[0] != torch.arange(64)).any(1)
+             .float().mean().item() for p in (0.1, 0.625, 0.9, None)}
+    assert share[0.1] == 1.0 and abs(share[0.625] - 0.5) < 0.05 and share[0.9] == 0.0
+    assert share[None] == 0.0  # validation and sampling: raster
+    assert torch.equal(make_order("anneal", 8, 8, 3), make_order("raster", 8, 8, 3))
+    # the anneal keys belong to the run's identity only for order anneal
+    assert run_id(cfg("train.order=raster")) == run_id(cfg("train.order=raster", "train.anneal_start=0.2"))
+    assert run_id(cfg("train.order=anneal")) != run_id(cfg("train.order=anneal", "train.anneal_start=0.2"))
+    with pytest.raises(ConfigError, match="anneal_start"):
+        cfg("train.order=anneal", "train.anneal_start=0.9", "train.anneal_end=0.5")
