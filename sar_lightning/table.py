@@ -265,13 +265,14 @@ def aggregate(df: pd.DataFrame, metric: str = "fd") -> pd.DataFrame:
     keys = [k for k in POINT if k in df]
     rows = []
     for point, g in df.groupby(keys, dropna=False, sort=False):
-        mean, sd, lo, hi = seed_interval(g[metric])
+        per_run = g.groupby("run_id")[metric].mean() if "run_id" in g else g[metric]  # one value per replica
+        mean, sd, lo, hi = seed_interval(per_run)
         seeds = sorted({int(s) for s in g["train_seed"].dropna()}) if "train_seed" in g else []
-        row = dict(zip(keys, point), n_seeds=len(g), seeds=",".join(map(str, seeds)), **{
+        row = dict(zip(keys, point), n_seeds=len(per_run), seeds=",".join(map(str, seeds)), **{
             f"{metric}_mean": mean, f"{metric}_sd": sd, f"{metric}_ci_lo": lo, f"{metric}_ci_hi": hi})
-        if len(g) >= 2:
+        if len(per_run) >= 2:
             row.update(interval="seeds", **{f"{metric}_lo": lo, f"{metric}_hi": hi})
-        elif metric == "fd" and {"fd_lo", "fd_hi"} <= set(g) and g["fd_lo"].notna().all():
+        elif metric == "fd" and {"fd_lo", "fd_hi"} <= set(g) and g["fd_lo"].notna().all() and len(g) == 1:
             row.update(interval="bootstrap", fd_lo=float(g["fd_lo"].iloc[0]), fd_hi=float(g["fd_hi"].iloc[0]))
         else:
             row.update(interval="none", **{f"{metric}_lo": mean, f"{metric}_hi": mean})

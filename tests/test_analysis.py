@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from matplotlib.container import BarContainer, ErrorbarContainer
 
 from sar_lightning import plots as plot_tradeoffs
 from sar_lightning import table as collect
@@ -167,3 +168,161 @@ def test_pareto_front_is_exactly_the_non_dominated_points():
                      if cost[j] <= cost[i] and value[j] <= value[i] and (cost[j] < cost[i] or value[j] < value[i])}
         assert set(front.tolist()) == set(range(n)) - dominated and len(front) == len(set(front.tolist()))
         assert (np.diff(cost[front]) >= 0).all()  # sorted by cost, ready to draw
+
+
+# ---- intervals: means over training seeds, with bands, error bars and marks ------------------------------------
+
+OFFSET = {0: -1.0, 1: 0.0, 2: 2.5}  # each training seed's shift of the FD
+
+
+def _replicas(seeds=(0, 1, 2), bootstrap=False) -> pd.DataFrame:
+    """Two recipes (raster, random) of the orders and mar grids, one run per seed, at K = 1, 4, 16, as collect
+    gives them; with ``bootstrap`` each row carries its evaluation's interval [fd - 1 - i / 2, fd + 2]."""
+    rows = []
+    for i, order in enumerate(("raster", "random")):
+        for s in seeds:
+            rid = f"{order}-16-ar_tiny_digits_s{s}_00000{i}"
+            for k in (1, 4, 16):
+                fd = 100 / k + i + OFFSET[s] * (1 + k / 16)
+                extra = dict(fd_lo=fd - 1 - i / 2, fd_hi=fd + 2, fd_std=0.5) if bootstrap else {}
+                rows.append(_row(rid, order, k, fd, recipe=f"{order}-16-ar_tiny_digits_00000{i}", train_seed=s,
+                                 label=order, grids="orders,mar", decoder_attn="block_causal", **extra))
+    return pd.DataFrame(rows)
+
+
+def _t_interval(values) -> tuple[float, float, float]:
+    from scipy import stats
+
+    x = np.asarray(values, float)
+    half = stats.t.ppf(0.975, len(x) - 1) * x.std(ddof=1) / np.sqrt(len(x))
+    return x.mean(), x.mean() - half, x.mean() + half
+
+
+@pytest.fixture
+def figures(monkeypatch):
+    """The figures the plot functions draw, by name, kept open instead of saved."""
+    import matplotlib.pyplot as plt
+
+    figs = {}
+    monkeypatch.setattr(plot_tradeoffs, "_save", lambda fig, out, name, written: (figs.update({name: fig}),
+                                                                                  written.append(name)))
+    yield figs
+    plt.close("all")
+
+
+def _draw(df: pd.DataFrame, plot) -> dict[str, pd.DataFrame]:
+    notes: list[str] = []
+    pts = plot_tradeoffs.points(collect.prepare(df, notes))
+    return plot(pts, None, "", None, plot_tradeoffs._styles(pts), [], notes)
+
+
+def _title(ax) -> str:
+    return " ".join(ax.get_title().split())  # unwrapped
+
+
+def _bands(ax) -> list[dict[float, tuple[float, float]]]:
+    """Per shaded band (fill_between), ``{x: (lowest, highest y)}`` of its polygon, lowest band first."""
+    from matplotlib.collections import PolyCollection
+
+    bands = []
+    for coll in ax.collections:
+        if isinstance(coll, PolyCollection):
+            v = coll.get_paths()[0].vertices
+            bands.append({float(x): (v[v[:, 0] == x, 1].min(), v[v[:, 0] == x, 1].max()) for x in np.unique(v[:, 0])})
+    return sorted(bands, key=lambda b: b[16.0][0])
+
+
+def test_three_seeds_draw_the_mean_and_the_t_interval(figures):
+    df = _replicas()
+    expected = {(order, k): _t_interval(df[(df["train_order"] == order) & (df["num_steps"] == k)]["fd"])
+                for order in ("raster", "random") for k in (1, 4, 16)}
+    d = _draw(df, plot_tradeoffs.plot_fd_vs_steps)["fd_vs_steps_digits_cnn"]
+    assert len(d) == 6 and (d["n_seeds"] == 3).all() and (d["interval"] == "seeds").all()
+    for _, r in d.iterrows():
+        assert (r["fd_mean"], r["fd_lo"], r["fd_hi"]) == pytest.approx(expected[(r["line"], r["num_steps"])])
+    ax = figures["fd_vs_steps_digits_cnn"].axes[0]
+    bands = _bands(ax)  # raster's band lies below random's at every K
+    assert [{k: pytest.approx(b[k]) for k in b} for b in bands] == [
+        {float(k): expected[(order, k)][1:] for k in (1, 4, 16)} for order in ("raster", "random")]
+    means = sorted(list(line.get_ydata()) for line in ax.lines if line.get_label() in ("raster", "random"))
+    assert means == [pytest.approx([expected[(o, k)][0] for k in (1, 4, 16)]) for o in ("raster", "random")]
+    assert "95% t interval across 3 seeds" in _title(ax)
+
+    front = _draw(df, plot_tradeoffs.plot_fd_vs_time)["fd_vs_time_digits_cnn"]  # the Pareto front of the means
+    ax = figures["fd_vs_time_digits_cnn"].axes[0]
+    dashed = next(line for line in ax.lines if line.get_linestyle() == "--")
+    assert set(np.round(dashed.get_ydata(), 9)) <= set(np.round(front["fd_mean"], 9))
+    assert "bars: 95% t interval across 3 seeds" in _title(ax)
+
+    mar = _draw(df, plot_tradeoffs.plot_mar_ablation)["mar_ablation_digits_cnn"]
+    ax = figures["mar_ablation_digits_cnn"].axes[0]
+    bar_series = [c for c in ax.containers if isinstance(c, BarContainer)]
+    for bars, order in zip(bar_series, ("random", "raster"), strict=True):  # one bar series per line, sorted
+        assert [b.get_height() for b in bars] == pytest.approx([expected[(order, k)][0] for k in (1, 4, 16)])
+        whiskers = [(s[:, 1].min(), s[:, 1].max()) for s in bars.errorbar.lines[2][0].get_segments()]
+        assert whiskers == [pytest.approx(expected[(order, k)][1:]) for k in (1, 4, 16)]
+    assert (mar["interval"] == "seeds").all()
+
+    summary = plot_tradeoffs.summary_table(collect.prepare(df, []), None)
+    mean, lo, hi = expected[("raster", 16)]
+    assert f"| {mean:.2f} [{lo:.2f}, {hi:.2f}], 3 seeds |" in summary and "95% t interval across 3 seeds" in summary
+
+
+def test_one_seed_with_a_bootstrap_interval_draws_it(figures):
+    df = _replicas(seeds=(0,), bootstrap=True)
+    d = _draw(df, plot_tradeoffs.plot_fd_vs_steps)["fd_vs_steps_digits_cnn"]
+    assert (d["interval"] == "bootstrap").all() and (d["n_seeds"] == 1).all()
+    ax = figures["fd_vs_steps_digits_cnn"].axes[0]
+    rows = {(r["train_order"], r["num_steps"]): r for _, r in df.iterrows()}
+    assert [{k: pytest.approx(b[k]) for k in b} for b in _bands(ax)] == [
+        {float(k): (rows[(o, k)]["fd_lo"], rows[(o, k)]["fd_hi"]) for k in (1, 4, 16)} for o in ("raster", "random")]
+    assert "95% bootstrap interval over samples (1 seed)" in _title(ax)
+    summary = plot_tradeoffs.summary_table(collect.prepare(df, []), None)
+    r = rows[("random", 16)]
+    assert f"{r['fd']:.2f} [{r['fd_lo']:.2f}, {r['fd_hi']:.2f}], 1 seed (bootstrap)" in summary
+
+
+def test_order_matrix_marks_the_cells_whose_interval_overlaps_the_own_order_cell(figures):
+    def row(order, infer, fd, seed=0, lo=None, hi=None):
+        extra = dict(fd_lo=lo, fd_hi=hi) if lo is not None else {}
+        return _row(f"{order}-16-ar_tiny_digits_s{seed}_abcdef", order, 16, fd, infer_order=infer, label=order,
+                    recipe=f"{order}-16-ar_tiny_digits_abcdef", train_seed=seed, **extra)
+
+    rows = [row("raster", "raster", 11, lo=10, hi=12), row("raster", "fixed_random", 13, lo=12, hi=14),  # touches
+            row("raster", "random", 14, lo=12.5, hi=15),
+            row("fixed_random", "fixed_random", 21, lo=20, hi=22), row("fixed_random", "raster", 5.5, lo=5, hi=6),
+            row("fixed_random", "random", 21.2, lo=21, hi=21.5)]
+    rows += [row("random", "random", 30 + s - 1, seed=s) for s in range(3)]  # t interval about [27.5, 32.5]
+    rows += [row("random", "raster", 36 + s - 1, seed=s) for s in range(3)]  # about [33.5, 38.5]
+    rows.append(row("random", "fixed_random", 32))  # one seed, no interval: a point inside own's interval
+    marked = {("raster", "fixed_random"), ("fixed_random", "random"), ("random", "fixed_random")}
+    cells = _draw(pd.DataFrame(rows), plot_tradeoffs.plot_order_matrix)["order_matrix_digits_cnn"]
+    assert set(map(tuple, cells.loc[cells["near_own"], ["line", "infer_order"]].to_numpy())) == marked
+    ax = figures["order_matrix_digits_cnn"].axes[0]
+    ylabels, xlabels = [t.get_text() for t in ax.get_yticklabels()], [t.get_text() for t in ax.get_xticklabels()]
+    texts = {(ylabels[round(t.get_position()[1])], xlabels[round(t.get_position()[0])]): t.get_text() for t in ax.texts}
+    assert {cell for cell, text in texts.items() if "≈" in text} == marked and len(texts) == 9
+    assert texts[("raster", "raster")] == "11.0\n±1.0" and texts[("random", "fixed_random")] == "≈32.0"
+    assert texts[("random", "random")].startswith("30.0\n±2.")  # the t half-width, 4.30 / sqrt(3)
+    assert "≈: the interval overlaps the own-order cell's" in _title(ax)
+
+
+def test_old_single_seed_tables_still_plot_without_intervals(tmp_path, figures):
+    old = collect.collect(_tree(tmp_path / "runs")).drop(columns=["recipe", "train_seed"])  # before seeds
+    assert not {"fd_lo", "fd_hi"} & set(old.columns)
+    for plot in (plot_tradeoffs.plot_fd_vs_steps, plot_tradeoffs.plot_fd_vs_time, plot_tradeoffs.plot_order_matrix,
+                 plot_tradeoffs.plot_mar_ablation):
+        for d in _draw(old, plot).values():
+            assert (d["interval"] == "none").all() and (d["fd_mean"] == d["fd_lo"]).all()
+    assert len(figures) == 6
+    for name, fig in figures.items():
+        ax = fig.axes[0]
+        assert not _bands(ax) and "interval" not in _title(ax), name
+        assert not any(isinstance(c, ErrorbarContainer) for c in ax.containers), name
+        assert not any("±" in t.get_text() or "≈" in t.get_text() for t in ax.texts), name
+    summary = plot_tradeoffs.summary_table(collect.prepare(old, []), None)
+    assert "seed" not in summary and "[" not in summary
+    table, out = tmp_path / "old.csv", tmp_path / "fig"
+    old.to_csv(table, index=False)
+    assert plot_tradeoffs.main(["--table", str(table), "--out", str(out)]) == 0
+    assert (out / "summary.md").read_text() == summary
