@@ -61,29 +61,46 @@ def test_bad_grid_and_profile_are_rejected(tmp_path):
         load_grid(bad)
 
 
-def test_smoke_sweep_end_to_end_then_rerun_trains_nothing(tmp_path, capsys):
-    grid, root = _grid(tmp_path, TWO_RUNS), tmp_path / "runs"
-    results = sweep(grid, "smoke", jobs=2, root=str(root))
-    assert sorted(r["status"] for r in results) == ["trained", "trained"]
+def test_smoke_sweep_with_two_seeds_end_to_end_then_rerun_trains_nothing(tmp_path, capsys):
+    """One recipe x two training seeds through training, evaluation (with bootstrap intervals), the
+    aggregated table, the figures and the findings report; a re-run trains nothing."""
+    grid, root = _grid(tmp_path, TWO_RUNS.splitlines(keepends=True)[0]), tmp_path / "runs"
+    results = sweep(grid, "smoke", jobs=2, root=str(root), seeds=[0, 1])
+    assert [r["status"] for r in results] == ["trained", "trained"]
     manifest = json.loads((root / "sweeps" / "two-smoke.json").read_text())
-    assert [r["label"] for r in manifest["runs"]] == ["AR", "SAR-TS"]
-    rows = {r["run_id"]: read_results(root / r["run_id"] / "results.jsonl") for r in results}
-    ar, ts = (rows[r["run_id"]] for r in results)
-    assert [r["num_steps"] for r in ar] == [1, 4, 64] and [r["num_steps"] for r in ts] == [1, 4, 64]
+    assert [(r["label"], r["seed"]) for r in manifest["runs"]] == [("AR", 0), ("AR", 1)]
+    rows = [read_results(root / r["run_id"] / "results.jsonl") for r in results]
+    assert [[r["num_steps"] for r in run] for run in rows] == [[1, 4, 64]] * 2
+    assert all(r["fd_lo"] <= r["fd"] <= r["fd_hi"] and r["train_seed"] == r["seed"] for run in rows for r in run)
+    assert [run[0]["seed"] for run in rows] == [0, 1] and rows[0][0]["fd"] != rows[1][0]["fd"]  # own samples
     stamps = {p: p.stat().st_mtime for p in root.rglob("*.ckpt")}
-    again = sweep(grid, "smoke", jobs=2, root=str(root))
+    again = sweep(grid, "smoke", jobs=2, root=str(root), seeds=[0, 1])
     assert [r["status"] for r in again] == ["skipped (done)"] * 2
     assert {p: p.stat().st_mtime for p in root.rglob("*.ckpt")} == stamps
     # Only the new step count is sampled when the grid asks for one more.
     grid.write_text(grid.read_text().replace("[1, 4, N]", "[1, 2, 4, N]"))
-    sweep(grid, "smoke", jobs=2, root=str(root))
+    sweep(grid, "smoke", jobs=2, root=str(root), seeds=[0, 1])
     assert sorted(r["num_steps"] for r in read_results(root / results[0]["run_id"] / "results.jsonl")) == [1, 2, 4, 64]
-    # ... and the analysis draws from the table.
+    # ... the table folds the two seeds into one point per setting ...
+    table = tmp_path / "table"
+    collect = subprocess.run([sys.executable, "analysis/collect.py", "--root", str(root), "--out", str(table)],
+                             cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert collect.returncode == 0, collect.stderr[-2000:]
+    import pandas as pd
+
+    points = pd.read_csv(f"{table}_seeds.csv")
+    assert len(points) == 4 and (points["n_seeds"] == 2).all() and (points["interval"] == "seeds").all()
+    # ... the analysis draws from the table, and the report gives every finding a verdict.
     out = tmp_path / "figures"
     plot = subprocess.run([sys.executable, "analysis/plot_tradeoffs.py", "--root", str(root), "--grid", "two",
                            "--out", str(out)], cwd=REPO, capture_output=True, text=True, timeout=300)
     assert plot.returncode == 0, plot.stderr[-2000:]
     assert list(out.glob("*.png")) and list(out.glob("*.pdf")) and list(out.glob("*.md"))
+    report = subprocess.run([sys.executable, "analysis/report.py", "--root", str(root), "--out",
+                             str(tmp_path / "FINDINGS.md")], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert report.returncode == 0, report.stderr[-2000:]
+    text = (tmp_path / "FINDINGS.md").read_text()
+    assert "not run" in text and "make sweep-orders" in text  # this grid runs none of the findings' grids
 
 
 def test_a_failed_run_is_reported_and_the_others_finish(tmp_path, capsys, tiny_codes):

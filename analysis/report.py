@@ -1,0 +1,11 @@
+"""Write the findings report: ``python analysis/report.py [--root runs] [--out docs/results/FINDINGS.md]``.
+
+The findings and their checks live in ``sar_lightning.findings``; this is its command line.
+"""
+
+import sys
+
+from sar_lightning.findings import main
+
+if __name__ == "__main__":
+    sys.exit(main())
