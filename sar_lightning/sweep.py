@@ -298,8 +298,9 @@ def sweep(grid_path, profile="default", jobs=None, root=None, launcher="local", 
         results = launch(todo, jobs, launcher, root_dir / SWEEPS / "submitit", grid.slurm, f"{grid.name} ({tag})",
                          children=children)
         manifest = {"grid": grid.name, "profile": profile, "data": data, "question": grid.question,
-                    "runs": [{"run_id": r["run_id"], "label": job.name, "seed": job.seed, "status": r["status"]}
-                             for job, r in zip(todo, results)]}
+                    "jobs": jobs, "seconds": round(time.time() - start, 1),
+                    "runs": [{"run_id": r["run_id"], "label": job.name, "seed": job.seed, "status": r["status"],
+                              "seconds": round(r.get("seconds", 0.0), 1)} for job, r in zip(todo, results)]}
         atomic_write_text(manifest_path(root_dir, grid.name, tag), json.dumps(manifest, indent=1))  # whole or not
     finally:
         restore_handlers(previous)
