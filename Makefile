@@ -95,5 +95,8 @@ plots: install ## redraw the figures from the results table (all runs under ROOT
 tb: install ## TensorBoard on http://127.0.0.1:6006 over every run
 	$(PY) -m tensorboard.main --logdir $(ROOT) --host 127.0.0.1 --port 6006
 
-report: install ## docs/results/FINDINGS.md: the ten findings as verdicts computed from the results table
+GRIDS := orders intervals mar spectrum anneal
+
+report: install ## every grid's figures into docs/results/, then FINDINGS.md: the ten findings as verdicts from the table
+	@for g in $(GRIDS); do $(PLOT) --grid $$g --out docs/results || echo "[report] no figures for grid $$g yet"; done
 	$(PY) analysis/report.py --root $(ROOT)

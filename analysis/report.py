@@ -1,11 +1,12 @@
 """Write the findings report: ``python analysis/report.py [--root runs] [--out docs/results/FINDINGS.md]``.
 
-The findings and their checks live in ``sar_lightning.findings``; this is its command line.
+The findings and their checks live in ``sar_lightning.findings``, the report in ``sar_lightning.report``;
+this is its command line.
 """
 
 import sys
 
-from sar_lightning.findings import main
+from sar_lightning.report import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -1,4 +1,4 @@
-"""sar_lightning.findings: the verdict rules and the report, on synthetic tables (no training)."""
+"""sar_lightning.findings and .report: the verdict rules and the report, on synthetic tables (no training)."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import pandas as pd
 import pytest
 
 from sar_lightning import findings as F
+from sar_lightning import report as R
 from sar_lightning import table
 
 KS = (1, 2, 4, 8, 16, 64)
@@ -202,7 +203,7 @@ def test_two_data_sets_reported_apart(full):
 
 def test_report_on_empty_root(tmp_path, capsys):
     out = tmp_path / "docs" / "FINDINGS.md"
-    assert F.main(["--root", str(tmp_path / "none"), "--out", str(out), "--figures", str(tmp_path)]) == 0
+    assert R.main(["--root", str(tmp_path / "none"), "--out", str(out), "--figures", str(tmp_path)]) == 0
     text = out.read_text()
     assert "every finding is not run" in text and "Verdict rule" in text
     summary = text.split("## Summary")[1].split("\n## ")[0]
@@ -216,7 +217,7 @@ def test_report_on_full_table(full, tmp_path):
     runs, _, results = full
     out = tmp_path / "FINDINGS.md"
     (tmp_path / "orders_order_matrix_digits_cnn.png").write_bytes(b"")
-    text = F.render(results, "runs", runs, out, tmp_path)
+    text = R.render(results, "runs", runs, out, tmp_path)
     summary = text.split("## Summary")[1].split("\n## ")[0]
     for n in range(1, 11):
         row = next(line for line in summary.splitlines() if line.startswith(f"| {n} |"))
@@ -225,5 +226,5 @@ def test_report_on_full_table(full, tmp_path):
     assert "[orders_order_matrix_digits_cnn.png](orders_order_matrix_digits_cnn.png)," in text  # drawn: no note
     assert "orders_fd_vs_steps_digits_cnn.png) (not drawn yet)" in text
     assert "ours K = 16" in text and "paper: 16" in text
-    frame = F.csv_rows(results)
+    frame = R.csv_rows(results)
     assert set(frame["finding_verdict"]) == {"reproduced"} and not math.isnan(frame["paired_mean"].dropna().iloc[0])

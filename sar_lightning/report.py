@@ -1,0 +1,174 @@
+"""The findings report: each finding's verdict (judged by ``sar_lightning.findings``) as Markdown, with its
+comparisons, figures and the command that runs it, and one CSV row per comparison.
+
+    python analysis/report.py [--root runs] [--out docs/results/FINDINGS.md] [--figures docs/results]
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import sys
+from pathlib import Path
+
+import pandas as pd
+
+from .findings import VERDICT_RULE, VERDICTS, Result, Side, check_all, num
+
+# ---- the Markdown -------------------------------------------------------------------------------------------------
+
+def headline(r: Result) -> str:
+    """The summary's "ours" cell: the first comparison that ran, and how many of them reproduced."""
+    votes = [c for c in r.comparisons if c.claim != "info"]
+    if r.finding.number == 1:
+        return f"{sum(c.verdict == 'reproduced' for c in votes)} of {len(votes)} recipes have results"
+    first = next((c for c in votes if c.verdict != "not run"), None)
+    if first is None:
+        return "not run"
+    unit = " s" if first.metric != "fd" else ""
+    text = f"{first.a.name}: {first.a.text(unit)} vs {first.b.name}: {first.b.text(unit)}"
+    return text + (f"; {sum(c.verdict == 'reproduced' for c in votes)}/{len(votes)} reproduced" if len(votes) > 1
+                   else "")
+
+
+def seeds_range(r: Result) -> str:
+    """The summary's seeds cell: the fewest to the most seeds of the sides that ran."""
+    n = [s.n_seeds for c in r.comparisons for s in (c.a, c.b) if s is not None and s.ran]
+    return "-" if not n else str(min(n)) if min(n) == max(n) else f"{min(n)}-{max(n)}"
+
+
+def verdict_text(r: Result) -> str:
+    """The summary's verdict cell, bold, "(partial)" when some comparisons did not run."""
+    return f"**{r.verdict}**" + (" (partial)" if r.partial else "")
+
+
+def figure_links(r: Result, out: Path, figures: Path, root: str) -> str:
+    """Markdown links to the finding's figures for its data set, relative to the report, and the command
+    that draws those not there yet."""
+    links, missing = [], []
+    for fig in r.finding.figures:
+        name = f"{fig}_{r.data}_cnn.png"
+        links.append(f"[{name}]({os.path.relpath(figures / name, out.parent)})")
+        if not (figures / name).exists():
+            links[-1] += " (not drawn yet)"
+            missing.append(fig.split("_")[0])
+    draw = [f"`python analysis/plot_tradeoffs.py --root {root} --grid {g} --out {figures}`"
+            for g in dict.fromkeys(missing)]
+    return ", ".join(links) + (f"; drawn by {', '.join(draw)}" if draw else "")
+
+
+def section(r: Result, out: Path, figures: Path, root: str = "runs") -> list[str]:
+    """A finding's section: claim, paper, rows, figures, the comparisons and the verdict."""
+    f = r.finding
+    lines = [f"## {f.number}. {f.title} ({r.data})", "", f"**Claim.** {f.claim}", "", f"**Paper.** {f.paper}", "",
+             f"**Rows compared.** {f.rows}; metric `{f.metric}` (lower is better); claimed: {f.direction}.", "",
+             f"**Figures.** {figure_links(r, out, figures, root)}", "",
+             f"**Command.** {', '.join(f'`{c}`' for c in r.commands)}", ""]
+    if r.verdict == "not run" and not r.partial:
+        return lines + [f"**Verdict: not run.** No rows yet: {' and '.join(f'`{c}`' for c in r.commands)} runs "
+                        "them.", ""]
+    lines += ["| comparison | A | B | paired A - B | verdict | why |", "|---|---|---|---|---|---|"]
+    for c in r.comparisons:
+        unit = " s" if c.metric != "fd" else ""
+        if c.claim == "info":
+            lines.append(f"| {c.name} | {c.reason} | | | | |")
+            continue
+        b = f"{c.b.name}: {c.b.text(unit)}" if c.b is not None else ""
+        p = (f"{num(c.paired[0])} [{num(c.paired[1])}, {num(c.paired[2])}] ({c.paired[3]} pairs)" if c.paired
+             else "-")
+        notes = "; ".join(s.note for s in (c.a, c.b) if s is not None and s.note)
+        lines.append(f"| {c.name} | {c.a.name}: {c.a.text(unit)} | {b} | {p} | {c.verdict} | {c.reason}"
+                     f"{'; ' + notes if notes else ''} |")
+    votes = [c for c in r.comparisons if c.claim != "info"]
+    counts = ", ".join(f"{sum(c.verdict == v for c in votes)} {v}" for v in VERDICTS
+                       if any(c.verdict == v for c in votes))
+    lines += ["", f"**Verdict: {r.verdict}**{' (partial)' if r.partial else ''}: {counts} of {len(votes)} "
+              f"comparison{'s' * (len(votes) > 1)}."]
+    if r.partial or r.verdict == "not run":
+        lines.append(f"Some rows are missing: {' and '.join(f'`{c}`' for c in r.commands)} runs them.")
+    return lines + [""]
+
+
+def render(results: list[Result], root: str, runs: pd.DataFrame | None, out: Path, figures: Path,
+           notes: list[str] = ()) -> str:
+    """The whole report as Markdown."""
+    n_runs = runs["run_id"].nunique() if runs is not None and not runs.empty else 0
+    seeds = sorted({int(s) for s in runs["train_seed"].dropna()}) if n_runs and "train_seed" in runs else []
+    lines = ["# Findings: the paper's claims against this suite's results", "",
+             f"Generated by `python analysis/report.py --root {root}` (`make report`) from {n_runs} runs"
+             + (f" (training seeds {', '.join(map(str, seeds))})" if seeds else "") + f" under `{root}`.", ""]
+    if not n_runs:
+        lines += [f"**No results under `{root}`: every finding is not run.** Run the grids first, e.g. "
+                  "`make sweep-all` (every grid with seeds 0, 1, 2, the figures and this report).", ""]
+    lines += [f"- note: {n}" for n in notes] + ([""] if notes else [])
+    lines += ["## Verdict rule", "", VERDICT_RULE, "", "## Summary", "",
+              "| # | finding | claim | paper | ours (95% interval) | seeds | verdict |", "|---" * 7 + "|"]
+    lines += [f"| {r.finding.number} | {r.finding.title} ({r.data}) | {r.finding.claim} | {r.finding.paper} | "
+              f"{headline(r)} | {seeds_range(r)} | {verdict_text(r)} |" for r in results]
+    lines.append("")
+    for r in results:
+        lines += section(r, out, figures, root)
+    return "\n".join(lines)
+
+
+# ---- the CSV, the table it reads, the command line ----------------------------------------------------------------
+
+def csv_rows(results: list[Result]) -> pd.DataFrame:
+    """One row per finding and comparison (information rows included, with an empty verdict)."""
+    rows = []
+    for r in results:
+        for c in r.comparisons:
+            row = dict(finding=r.finding.number, title=r.finding.title, data=r.data, comparison=c.name,
+                       claim=c.claim, metric=c.metric, verdict=c.verdict, reason=c.reason,
+                       finding_verdict=r.verdict, partial=r.partial, command="; ".join(r.commands))
+            for key, s in (("a", c.a), ("b", c.b)):
+                s = s or Side("")
+                row.update({key: s.name, f"{key}_mean": s.mean, f"{key}_lo": s.lo, f"{key}_hi": s.hi,
+                            f"{key}_seeds": s.n_seeds, f"{key}_interval": s.interval if s.ran else ""})
+            p = c.paired or (math.nan, math.nan, math.nan, 0)
+            row.update(paired_mean=p[0], paired_lo=p[1], paired_hi=p[2], paired_n=p[3])
+            rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def load(root: str | Path, notes: list[str]) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(per-run rows, aggregated rows) of every result under ``root``; two empty frames when there are none."""
+    from .table import aggregate, collect, prepare
+
+    df = collect(root)
+    if df.empty:
+        return pd.DataFrame(), pd.DataFrame()
+    try:
+        runs = prepare(df, notes)
+    except ValueError as e:
+        notes.append(str(e))
+        return pd.DataFrame(), pd.DataFrame()
+    return runs, aggregate(runs)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Write the report and findings.csv beside it from the results under ``--root``."""
+    from .files import atomic_write, atomic_write_text
+
+    p = argparse.ArgumentParser(description="Write the findings report (verdicts from the results table).")
+    p.add_argument("--root", default="runs", help="run folders and sweeps/ manifests (default: runs)")
+    p.add_argument("--out", default="docs/results/FINDINGS.md", help="the report; findings.csv goes beside it")
+    p.add_argument("--figures", default="docs/results", help="where the figures are (linked relative to --out)")
+    args = p.parse_args(argv)
+    notes: list[str] = []
+    runs, pts = load(args.root, notes)
+    results = check_all(pts, runs)
+    out = Path(args.out)
+    atomic_write_text(out, render(results, args.root, runs, out, Path(args.figures), notes))
+    csv = out.with_name("findings.csv")
+    frame = csv_rows(results)
+    atomic_write(csv, lambda path: frame.to_csv(path, index=False))
+    tally = ", ".join(f"{r.finding.number}{'' if r.data == 'digits' else f' ({r.data})'}: {r.verdict}"
+                      for r in results)
+    print(f"[report] {runs['run_id'].nunique() if not runs.empty else 0} runs -> {out}, {csv}\n[report] {tally}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
