@@ -109,7 +109,27 @@ def render(results: list[Result], root: str, runs: pd.DataFrame | None, out: Pat
     lines.append("")
     for r in results:
         lines += section(r, out, figures, root)
-    return "\n".join(lines)
+    return "\n".join(lines + wall_times(root))
+
+
+def wall_times(root: str) -> list[str]:
+    """A section with each sweep's wall time, from the manifests ``<root>/sweeps/*.json`` (the last sweep of
+    each grid, profile and data overlay; runs it skipped because they were done cost it nothing)."""
+    from .runs import read_manifests
+
+    rows = []
+    for m in read_manifests(root):
+        runs = m.get("runs", [])
+        trained = sum(r.get("status") in ("trained", "resumed") for r in runs)
+        seeds = sorted({r["seed"] for r in runs if r.get("seed") is not None})
+        wall = f"{m['seconds'] / 60:.1f} min" if m.get("seconds") is not None else "not recorded"
+        rows.append(f"| {m['grid']} | {m.get('profile')}{' / ' + m['data'] if m.get('data') else ''} | {len(runs)} "
+                    f"| {trained} | {','.join(map(str, seeds)) or '-'} | {m.get('jobs', '-')} | {wall} |")
+    if not rows:
+        return []
+    return ["", "## Wall time per grid", "", "The last sweep of each grid as its manifest records it (2-core reference "
+            "machine unless said otherwise).", "", "| grid | profile / data | runs | trained or resumed | seeds | "
+            "jobs | wall time |", "|---" * 7 + "|", *rows, ""]
 
 
 # ---- the CSV, the table it reads, the command line ----------------------------------------------------------------
