@@ -2,11 +2,10 @@
 the results table: what each finding claims and how it is judged (``sar_lightning.report`` writes them up).
 
 Each :class:`Finding` is data (claim, grids, the paper's numbers, the rows it compares, metric, figures,
-command) plus a check that turns the aggregated table (``table.aggregate(table.prepare(...))``: one row
-per recipe and sampler setting, with a 95% interval) into :class:`Comparison`\\ s, each judged by
-:func:`judge` (the rule is ``VERDICT_RULE``). Rows are picked by their training columns (``train_order``,
-``train_schedule``, the K of the run id, ``decoder_attn``, ``first_set_loss``, a ``gpt-*`` model) within
-the grid's runs, never by free-text labels, and each data set (feature extractor) is judged on its own.
+command) plus a check that turns one data set's tables (a :class:`~sar_lightning.selection.Ctx`) into
+comparisons: rows picked by ``sar_lightning.selection`` (the :class:`~sar_lightning.selection.Sel` of each grid's
+recipes are here), each judged by ``sar_lightning.verdicts`` (the rule is ``VERDICT_RULE``). :func:`check_all`
+runs every finding on every data set.
 """
 
 from __future__ import annotations
@@ -15,300 +14,19 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-import numpy as np
 import pandas as pd
 
-VERDICTS = ("reproduced", "contradicted", "inconclusive", "not run")
-NEARLY = 0.2  # "nearly as well" / "close": within 20% of the reference's upper interval end
+from .selection import Ctx, Sel, compare, contexts, info, mean_side, orders_sampled, pick
+from .verdicts import NEARLY, Comparison, Side, combine, num
+
 MAR_K = 16  # the fixed step count at which the MAR-end models of findings 8 and 9 are compared
 FIXED_ORDERS = ("raster", "snake", "spiral", "diagonal")
 ORDER_NAMES = (*FIXED_ORDERS, "next_scale", "fixed_random", "random")
-
-VERDICT_RULE = f"""\
-Every number is a Fréchet distance (lower is better) unless it says seconds per image, with a 95% interval:
-across training seeds (Student's t) when a row has 2 or more seeds, else the single run's bootstrap interval
-over samples, else none (a point). For a claim **"A is lower than B"**: **reproduced** when the two intervals
-do not overlap and A is lower; **contradicted** when they do not overlap and A is higher; **inconclusive** when
-they overlap; **not run** when a row is missing (the section names the command that runs it). For a claim
-**"A is no worse than B"** (A matches B, A reaches B, A lands below B): reproduced when A's interval overlaps
-B's or lies below it, contradicted when it lies wholly above; "nearly as well" / "close" widens B's upper end
-by {NEARLY:.0%}. For **"A and B are alike"** (matters little): reproduced when the intervals overlap, else
-contradicted. These two rules only fail to find a difference: they are not equivalence tests. A finding made
-of several comparisons is contradicted if any is, reproduced if all that ran are, inconclusive otherwise, and
-not run when none ran; "(partial)" marks one whose comparisons did not all run. Where both rows have 2 or
-more matching training seeds, the paired difference A - B (the mean of per-seed differences with its 95% t
-interval) is shown as supporting information; it does not change the verdict. A verdict resting on fewer
-than 3 seeds says so."""
 
 
 def command(grid: str, data: str = "digits") -> str:
     """The command that trains, evaluates and plots a grid with three seeds."""
     return f"make sweep-{grid} SEEDS=0,1,2" + (f" DATA={data}" if data != "digits" else "")
-
-
-# ---- sides and comparisons ---------------------------------------------------------------------------------------
-
-@dataclass
-class Side:
-    """One side of a comparison: a row of the aggregated table (or a mean of rows), or a missing one."""
-
-    name: str
-    mean: float = math.nan
-    lo: float = math.nan
-    hi: float = math.nan
-    n_seeds: int = 0
-    interval: str = "none"  # seeds | bootstrap | none | mean of k rows
-    row: dict | None = None  # the aggregated row, for the paired difference
-    note: str = ""
-
-    @property
-    def ran(self) -> bool:
-        return self.n_seeds > 0 and math.isfinite(self.mean)
-
-    def text(self, unit: str = "") -> str:
-        if not self.ran:
-            return "not run"
-        span = f" [{num(self.lo)}, {num(self.hi)}]" if self.lo != self.hi else ""
-        return f"{num(self.mean)}{unit}{span} ({self.n_seeds} seed{'s' * (self.n_seeds > 1)})"
-
-
-@dataclass
-class Comparison:
-    """One claim about two sides (``claim``: less | not_worse | similar), one side (present), or information."""
-
-    name: str
-    claim: str
-    a: Side
-    b: Side | None = None
-    tol: float = 0.0
-    metric: str = "fd"
-    verdict: str = "not run"
-    reason: str = ""
-    paired: tuple[float, float, float, int] | None = None  # mean, lo, hi, pairs of A - B
-
-
-def num(v: float) -> str:
-    """``v`` to 4 significant digits, "-" when missing."""
-    return "-" if v is None or not math.isfinite(v) else f"{v:.4g}"
-
-
-def seeds_caveat(a: Side, b: Side | None = None) -> str:
-    """'(1 seed: bootstrap interval only)' and the like when a verdict rests on fewer than 3 seeds."""
-    sides = [s for s in (a, b) if s is not None]
-    n, point = min(s.n_seeds for s in sides), any(s.interval == "none" for s in sides)
-    if point:
-        return f"({n} seed{'s' * (n > 1)}: no interval, point estimate)"
-    return "" if n >= 3 else "(2 seeds)" if n == 2 else "(1 seed: bootstrap interval only)"
-
-
-def judge(claim: str, a: Side, b: Side | None, tol: float = 0.0) -> tuple[str, str]:
-    """(verdict, reason) of ``claim`` about A and B under ``VERDICT_RULE``."""
-    if claim == "present":
-        return ("reproduced", "has results") if a.ran else ("not run", "no results")
-    missing = [s.name for s in (a, b) if s is None or not s.ran]
-    if missing:
-        return "not run", f"no results for {' and '.join(missing)}"
-    below, above = a.hi < b.lo, a.lo > b.hi
-    caveat = seeds_caveat(a, b)
-    if claim == "less":
-        verdict, why = (("reproduced", "A's interval lies below B's") if below else
-                        ("contradicted", "A's interval lies above B's") if above else
-                        ("inconclusive", "the intervals overlap"))
-    elif claim == "not_worse":
-        ok = a.lo <= b.hi * (1 + tol)
-        margin = f" widened by {tol:.0%}" if tol else ""
-        verdict, why = (("reproduced", "A lies below B" if below else f"A's interval overlaps B's{margin}") if ok else
-                        ("contradicted", f"A's interval lies above B's{margin}"))
-    elif claim == "similar":
-        verdict, why = (("contradicted", f"the intervals do not overlap (A {'lower' if below else 'higher'})")
-                        if below or above else ("reproduced", "the intervals overlap"))
-    else:
-        raise ValueError(f"unknown claim {claim!r}")
-    return verdict, f"{why} {caveat}".strip()
-
-
-def combine(comparisons: list[Comparison], strict: bool = False) -> tuple[str, bool]:
-    """(verdict, partial) of a finding from its comparisons (information rows do not vote).
-
-    ``strict``: any comparison not run makes the finding not run (finding 1 needs every recipe)."""
-    votes = [c.verdict for c in comparisons if c.claim != "info"]
-    ran = [v for v in votes if v != "not run"]
-    partial = 0 < len(ran) < len(votes)
-    if not ran or (strict and partial):
-        return "not run", partial
-    if "contradicted" in ran:
-        return "contradicted", partial
-    return ("reproduced" if all(v == "reproduced" for v in ran) else "inconclusive"), partial
-
-
-# ---- picking rows ---------------------------------------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class Sel:
-    """A trained model of a grid, by its training columns (None: any value)."""
-
-    grid: str
-    name: str
-    train_order: str
-    train_schedule: str
-    train_k: str | None = None  # the K of the run id: "16", "2_32" for a range
-    gpt: bool = False
-    decoder_attn: str = "block_causal"
-    first_set_loss: bool | None = None
-
-
-@dataclass
-class Ctx:
-    """One data set's aggregated rows, its per-run rows (None: no paired differences, no timing intervals)
-    and N."""
-
-    pts: pd.DataFrame
-    runs: pd.DataFrame | None
-    data: str
-    n: int | None
-    cache: dict = field(default_factory=dict, repr=False)
-
-    def model(self, sel: Sel) -> list[dict]:
-        """``model_rows`` of ``sel`` as records, computed once (a pick then filters a few dicts)."""
-        if sel not in self.cache:
-            self.cache[sel] = model_rows(self.pts, sel).to_dict("records")
-        return self.cache[sel]
-
-
-def train_k(d: pd.DataFrame) -> pd.Series:
-    """The training K of each row as the run id writes it (``random-2_32-random_...`` -> "2_32")."""
-    from_recipe = d["recipe"].astype(str).str.split("-").str[1] if "recipe" in d else pd.Series(None, index=d.index)
-    from_recipe = from_recipe.where(from_recipe.fillna("").str.fullmatch(r"\d+(_\d+)?"), None)
-    steps = d["train_num_steps"] if "train_num_steps" in d else pd.Series(np.nan, index=d.index)
-    fallback = steps.map(lambda v: None if pd.isna(v) else str(int(v)))
-    return from_recipe.fillna(fallback)
-
-
-def model_rows(d: pd.DataFrame, sel: Sel) -> pd.DataFrame:
-    """The rows of ``sel``'s model: in its grid, its training columns, CFG scale 1."""
-    need = {"grids", "train_order", "train_schedule", "num_steps"}
-    if d.empty or not need <= set(d.columns):
-        return d.iloc[0:0]
-    keep = d["grids"].fillna("").astype(str).str.split(",").apply(lambda g: sel.grid in g)
-    keep &= d["train_order"].eq(sel.train_order) & d["train_schedule"].eq(sel.train_schedule)
-    gpt = d["model"].fillna("").astype(str).str.startswith("gpt") if "model" in d else False
-    keep &= gpt if sel.gpt else ~gpt
-    if sel.train_k is not None:
-        keep &= train_k(d).eq(sel.train_k)
-    if "decoder_attn" in d:
-        keep &= d["decoder_attn"].fillna("block_causal").eq(sel.decoder_attn)
-    if sel.first_set_loss is not None and "first_set_loss" in d:
-        keep &= d["first_set_loss"].astype(bool).eq(sel.first_set_loss)
-    if "cfg_scale" in d:
-        keep &= d["cfg_scale"].fillna(1.0).eq(1.0)
-    return d[keep]
-
-
-def pick(ctx: Ctx, sel: Sel, k: int | str | None, order: str | tuple | None = None, attn: str = "causal",
-         kv: bool | None = None, metric: str = "fd", name: str | None = None) -> Side:
-    """``sel``'s model sampled at ``k`` steps (None: its largest K; "best": its lowest mean) in ``order``
-    (None: its training order; a tuple: any of them) with ``attn`` (forced full for a full decoder) and
-    ``kv`` (None: cached when there is a cached row). Several recipes: the one with the most seeds."""
-    value = "fd_mean" if metric == "fd" else metric
-    orders = (order,) if isinstance(order, str) else order or (sel.train_order,)
-    attn = "full" if sel.decoder_attn == "full" else attn
-    rows = [r for r in ctx.model(sel) if r["infer_order"] in orders and r.get("attn", "causal") == attn
-            and not pd.isna(r.get(value)) and (kv is None or bool(r.get("kv_cache")) == kv)
-            and (not isinstance(k, int) or r["num_steps"] == k)]
-    if k is None and rows:
-        rows = [r for r in rows if r["num_steps"] == max(r["num_steps"] for r in rows)]
-    if not rows:
-        return Side(name or sel.name)
-    row = min(rows, key=lambda r: (r[value] if k == "best" else 0, -r["n_seeds"], not r.get("kv_cache", True),
-                                   r.get("infer_schedule", "cosine") != "cosine"))
-    recipes = len({r.get("recipe") for r in rows})
-    note = f"{recipes} recipes match; took the one with most seeds" if recipes > 1 else ""
-    name = (name or sel.name) + (f" (K={int(row['num_steps'])})" if k == "best" else "")
-    if metric == "fd":
-        mean = float(row["fd_mean"])
-        lo, hi = float(row.get("fd_lo", mean)), float(row.get("fd_hi", mean))
-        return Side(name, mean, lo, hi, int(row["n_seeds"]), str(row.get("interval", "none")), row, note)
-    return Side(name, *seed_spread(ctx, row, metric), row, note)
-
-
-def per_seed(ctx: Ctx, row: dict, metric: str) -> pd.Series:
-    """``metric`` of each training seed's run at the setting of the aggregated ``row`` (index: train_seed)."""
-    from .table import POINT
-
-    if ctx.runs is None or ctx.runs.empty or "train_seed" not in ctx.runs or metric not in ctx.runs:
-        return pd.Series(dtype=float)
-    if "by_recipe" not in ctx.cache:  # each recipe's runs and their setting keys, split once per data set
-        keys = [k for k in POINT if k in ctx.runs]
-        groups = ctx.runs.groupby("recipe", sort=False) if "recipe" in ctx.runs else [(None, ctx.runs)]
-        ctx.cache["keys"], ctx.cache["by_recipe"] = keys, {r: (g, g[keys].to_numpy(object)) for r, g in groups}
-    runs, have = ctx.cache["by_recipe"].get(row.get("recipe"), (ctx.runs.iloc[0:0], None))
-    if have is None:
-        return pd.Series(dtype=float)
-    cols = [i for i, k in enumerate(ctx.cache["keys"]) if k in row]
-    want = np.array([row[ctx.cache["keys"][i]] for i in cols], dtype=object)
-    have = have[:, cols]
-    keep = ((have == want) | (pd.isna(have) & pd.isna(want))).all(axis=1)  # NaN matches NaN
-    values = pd.Series(runs[metric].to_numpy(float)[keep], index=runs["train_seed"].to_numpy()[keep]).dropna()
-    return values[~values.index.duplicated()]
-
-
-def seed_spread(ctx: Ctx, row: dict, metric: str) -> tuple[float, float, float, int, str]:
-    """(mean, lo, hi, seeds, interval) of a metric that ``table.aggregate`` only averages (seconds per image):
-    the 95% t interval across the seeds' runs, or the row's mean alone."""
-    from .table import seed_interval
-
-    x = per_seed(ctx, row, metric)
-    if len(x) >= 2:
-        mean, _, lo, hi = seed_interval(x)
-        return float(mean), float(lo), float(hi), len(x), "seeds"
-    mean = float(row[metric])
-    return mean, mean, mean, int(row["n_seeds"]), "none"
-
-
-def mean_side(name: str, sides: list[Side]) -> Side:
-    """The mean of several rows: means, lower ends and upper ends each averaged (no paired difference)."""
-    ran = [s for s in sides if s.ran]
-    if not ran:
-        return Side(name)
-    return Side(f"{name} ({len(ran)} orders)", float(np.mean([s.mean for s in ran])),
-                float(np.mean([s.lo for s in ran])), float(np.mean([s.hi for s in ran])),
-                min(s.n_seeds for s in ran), "bootstrap" if all(s.interval == "bootstrap" for s in ran) else "mean")
-
-
-def paired(ctx: Ctx, a: Side, b: Side, metric: str = "fd") -> tuple[float, float, float, int] | None:
-    """Mean and 95% t interval of A - B over the training seeds both rows have (None below 2 pairs)."""
-    from .table import seed_interval
-
-    if a.row is None or b.row is None:
-        return None
-    diff = (per_seed(ctx, a.row, metric) - per_seed(ctx, b.row, metric)).dropna()
-    if len(diff) < 2:
-        return None
-    mean, _, lo, hi = seed_interval(diff)
-    return float(mean), float(lo), float(hi), len(diff)
-
-
-def compare(ctx: Ctx, name: str, claim: str, a: Side, b: Side | None = None, tol: float = 0.0,
-            metric: str = "fd") -> Comparison:
-    """Judge one claim and attach the paired difference where the seeds allow it."""
-    c = Comparison(name, claim, a, b, tol, metric)
-    c.verdict, c.reason = judge(claim, a, b, tol)
-    if b is not None and c.verdict != "not run":
-        c.paired = paired(ctx, a, b, metric)
-        if metric != "fd" and a.mean > 0:
-            c.reason += f"; B / A = {b.mean / a.mean:.1f}x"  # the speed-up
-    return c
-
-
-def info(name: str, text: str, a: Side | None = None) -> Comparison:
-    """A row of information (no verdict), e.g. the best training K."""
-    return Comparison(name, "info", a or Side(name), reason=text, verdict="")
-
-
-def orders_sampled(ctx: Ctx, sel: Sel, k: int | None) -> list[str]:
-    """The inference orders ``sel``'s model was sampled in at ``k`` steps, its own first."""
-    found = {r["infer_order"] for r in ctx.model(sel) if r["num_steps"] == k and not pd.isna(r["infer_order"])}
-    return sorted(found, key=lambda o: (o != sel.train_order, o))
 
 
 # ---- the findings -------------------------------------------------------------------------------------------------
@@ -543,24 +261,6 @@ class Result:
     def commands(self) -> list[str]:
         return [command(g, self.data) for g in self.finding.grids]
 
-
-def _plain(d: pd.DataFrame | None) -> pd.DataFrame | None:
-    """String columns as Python objects: each pick reads a whole row, and Arrow strings make that slow."""
-    if d is None:
-        return None
-    return d.astype({c: object for c in d.columns if isinstance(d[c].dtype, pd.StringDtype)})
-
-
-def contexts(pts: pd.DataFrame, runs: pd.DataFrame | None = None) -> list[Ctx]:
-    """One :class:`Ctx` per feature extractor in ``pts`` (digits alone when the table is empty)."""
-    pts, runs = _plain(pts), _plain(runs)
-    extractors = sorted(pts["extractor"].dropna().unique()) if "extractor" in pts and not pts.empty else []
-    out = []
-    for ext in extractors or ["digits_cnn"]:
-        p, r = (None if d is None else d[d["extractor"].eq(ext)] if "extractor" in d else d.iloc[0:0]
-                for d in (pts, runs))
-        out.append(Ctx(p, r, ext.removesuffix("_cnn"), int(p["num_steps"].max()) if not p.empty else None))
-    return out
 
 
 def check_all(pts: pd.DataFrame, runs: pd.DataFrame | None = None) -> list[Result]:

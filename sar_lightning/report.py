@@ -1,4 +1,5 @@
-"""The findings report: each finding's verdict (judged by ``sar_lightning.findings``) as Markdown, with its
+"""The findings report: each finding's verdict (checked by ``sar_lightning.findings``, judged by the rule of
+``verdicts``) as Markdown, with its
 comparisons, figures and the command that runs it, and one CSV row per comparison.
 
     python analysis/report.py [--root runs] [--out docs/results/FINDINGS.md] [--figures docs/results]
@@ -14,7 +15,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from .findings import VERDICT_RULE, VERDICTS, Result, Side, check_all, num
+from .findings import Result, check_all
+from .verdicts import VERDICT_RULE, VERDICTS, Side, num
 
 # ---- the Markdown -------------------------------------------------------------------------------------------------
 

@@ -50,6 +50,14 @@ def test_evaluate_writes_rows_then_skips_and_adds_only_new_settings(run_dir, cap
     new = evaluate(run_dir, [*FAST_EVAL, "infer.num_steps=[1,4,16]", "infer.kv_cache=[true]"])
     assert [(r["num_steps"], r["kv_cache"]) for r in new] == [(16, True)]
     assert len(read_results(run_dir / RESULTS)) == 5
+    # Every row has its bootstrap interval; TensorBoard has FD against K as a curve whose step is K.
+    assert all(r["fd_lo"] <= r["fd"] <= r["fd_hi"] and r["bootstrap"] == 200 for r in read_results(run_dir / RESULTS))
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(run_dir / "tb")).Reload()
+    curve = events.Scalars("eval/fd_vs_steps/random_cosine_cfg1.0_kv1")
+    assert sorted(e.step for e in curve) == [1, 4, 16]
+    assert {e.step: e.value for e in curve}[16] == pytest.approx(new[0]["fd"], rel=1e-6)
 
 
 def test_same_seed_same_samples_at_batch_size_8_and_32(run_dir):

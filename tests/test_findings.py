@@ -1,4 +1,5 @@
-"""sar_lightning.findings and .report: the verdict rules and the report, on synthetic tables (no training)."""
+"""sar_lightning.findings, .selection, .verdicts and .report: the verdict rules and the report, on synthetic
+tables (no training)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,9 @@ import pytest
 
 from sar_lightning import findings as F
 from sar_lightning import report as R
+from sar_lightning import selection as S
 from sar_lightning import table
+from sar_lightning import verdicts as V
 
 KS = (1, 2, 4, 8, 16, 64)
 ORDERS = F.ORDER_NAMES
@@ -17,7 +20,7 @@ OWN_N = dict(raster=10, snake=13, spiral=14, diagonal=15, next_scale=16, fixed_r
 
 
 def _side(mean, half=0.5, n=3):
-    return F.Side("x", mean, mean - half, mean + half, n, "seeds" if n > 1 else "bootstrap")
+    return V.Side("x", mean, mean - half, mean + half, n, "seeds" if n > 1 else "bootstrap")
 
 
 # ---- the rules ----------------------------------------------------------------------------------------------------
@@ -28,28 +31,28 @@ def _side(mean, half=0.5, n=3):
     ("similar", 10, 10.5, "reproduced"), ("similar", 5, 10, "contradicted"), ("similar", 20, 10, "contradicted"),
 ])
 def test_judge_each_verdict(claim, a, b, verdict):
-    assert F.judge(claim, _side(a), _side(b))[0] == verdict
+    assert V.judge(claim, _side(a), _side(b))[0] == verdict
 
 
 def test_judge_not_run_tolerance_and_seed_caveats():
-    assert F.judge("less", F.Side("a"), _side(3))[0] == "not run"
-    assert F.judge("present", F.Side("a"), None)[0] == "not run"
-    assert F.judge("not_worse", _side(12, 0.1), _side(10, 0.1), tol=0.2)[0] == "reproduced"  # 11.9 <= 1.2 * 10.1
-    assert F.judge("not_worse", _side(12, 0.1), _side(10, 0.1))[0] == "contradicted"
-    assert "1 seed: bootstrap interval only" in F.judge("less", _side(1, n=1), _side(5, n=1))[1]
-    assert "2 seeds" in F.judge("less", _side(1, n=2), _side(5))[1]
-    assert "seed" not in F.judge("less", _side(1), _side(5))[1]
+    assert V.judge("less", V.Side("a"), _side(3))[0] == "not run"
+    assert V.judge("present", V.Side("a"), None)[0] == "not run"
+    assert V.judge("not_worse", _side(12, 0.1), _side(10, 0.1), tol=0.2)[0] == "reproduced"  # 11.9 <= 1.2 * 10.1
+    assert V.judge("not_worse", _side(12, 0.1), _side(10, 0.1))[0] == "contradicted"
+    assert "1 seed: bootstrap interval only" in V.judge("less", _side(1, n=1), _side(5, n=1))[1]
+    assert "2 seeds" in V.judge("less", _side(1, n=2), _side(5))[1]
+    assert "seed" not in V.judge("less", _side(1), _side(5))[1]
 
 
 def test_combine():
-    c = lambda v: F.Comparison("c", "less", F.Side("a"), verdict=v)  # noqa: E731
-    info = F.info("i", "text")
-    assert F.combine([c("reproduced"), c("reproduced"), info]) == ("reproduced", False)
-    assert F.combine([c("reproduced"), c("contradicted")]) == ("contradicted", False)
-    assert F.combine([c("reproduced"), c("inconclusive")]) == ("inconclusive", False)
-    assert F.combine([c("reproduced"), c("not run")]) == ("reproduced", True)
-    assert F.combine([c("reproduced"), c("not run")], strict=True) == ("not run", True)
-    assert F.combine([c("not run"), info]) == ("not run", False)
+    c = lambda v: V.Comparison("c", "less", V.Side("a"), verdict=v)  # noqa: E731
+    info = S.info("i", "text")
+    assert V.combine([c("reproduced"), c("reproduced"), info]) == ("reproduced", False)
+    assert V.combine([c("reproduced"), c("contradicted")]) == ("contradicted", False)
+    assert V.combine([c("reproduced"), c("inconclusive")]) == ("inconclusive", False)
+    assert V.combine([c("reproduced"), c("not run")]) == ("reproduced", True)
+    assert V.combine([c("reproduced"), c("not run")], strict=True) == ("not run", True)
+    assert V.combine([c("not run"), info]) == ("not run", False)
 
 
 # ---- a synthetic per-run table through table.prepare + table.aggregate ----------------------------------------------
