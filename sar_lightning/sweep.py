@@ -86,6 +86,14 @@ class Job:
         self.name = self.name or self.label
 
 
+def available_cores() -> int:
+    """The cores this process may run on (its CPU affinity, as ``nproc`` counts them), at least 1."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # no affinity on this platform
+        return max(1, os.cpu_count() or 1)
+
+
 def load_grid(path: str | Path) -> GridSpec:
     try:
         grid = OmegaConf.merge(OmegaConf.structured(GridSpec), OmegaConf.load(path))
@@ -160,7 +168,7 @@ def expand(grid_path: str | Path, profile: str = "default", root: str | None = N
     files, run_over, eval_over, profile_seeds = _profile(grid, profile, experiments, data)
     seeds = parse_seeds(seeds if seeds is not None else profile_seeds if profile_seeds is not None else grid.seeds)
     defaults = [*grid.defaults, *files]
-    threads = max(1, (os.cpu_count() or 1) // max(1, jobs))
+    threads = max(1, available_cores() // max(1, jobs))
     out, seen, configs = [], {}, []
     for spec, seed in [(spec, seed) for spec in grid.runs for seed in (seeds or [None])]:
         # 1) the base files, 2) the profile + data overlay, 3) the run, 4) the seed, 5) the command line,
@@ -286,7 +294,7 @@ def sweep(grid_path, profile="default", jobs=None, root=None, launcher="local", 
     """Run a grid (see the module doc); the results, one per run. With the local launcher, SIGINT and SIGTERM
     stop it cleanly (from the main thread): the manifest records the statuses so far and ``SweepInterrupted``
     is raised once the running jobs are stopped and its message printed on stderr."""
-    jobs = jobs or max(1, os.cpu_count() or 1)
+    jobs = jobs or available_cores()
     grid, todo = expand(grid_path, profile, root, jobs, extra, data, seeds)
     root_dir = Path(todo[0].run_dir).parent if todo else Path(root or "runs")
     tag = f"{profile}-{data}" if data else profile  # one manifest per (grid, profile, data overlay)
