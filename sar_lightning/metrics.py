@@ -92,20 +92,27 @@ def fd_bootstrap(fake: torch.Tensor, mu_real: torch.Tensor, sigma_real: torch.Te
     (the bootstrap standard deviation).
     """
     started = time.perf_counter()
-    x = fake.detach().double().cpu()
-    mu2, sigma2 = mu_real.double().cpu(), sigma_real.double().cpu()
-    n = len(x)
+    x = fake.detach().double()  # on the features' device: a GPU evaluation bootstraps on the GPU
+    mu2, sigma2 = mu_real.double().to(x.device), sigma_real.double().to(x.device)
+    n, dim = x.shape
     root = _sqrt_psd(sigma2)
     base = sigma2.trace()
     g = torch.Generator().manual_seed(seed)
-    draws = torch.empty(resamples, dtype=torch.float64)
+    draws = torch.empty(resamples, dtype=torch.float64, device=x.device)
     for i in range(resamples):
-        xb = x[torch.randint(n, (n,), generator=g)]
+        xb = x[torch.randint(n, (n,), generator=g).to(x.device)]
         mu = xb.mean(0)
         centred = xb - mu
-        sigma = centred.T @ centred / (n - 1)
-        cross = torch.linalg.eigvalsh(root @ sigma @ root).clamp_min(0).sqrt().sum()
-        draws[i] = (mu - mu2).square().sum() + sigma.trace() + base - 2 * cross
+        if n < dim:  # S2^1/2 S1 S2^1/2 = A^T A with A = centred S2^1/2 / sqrt(n - 1): A A^T is only n x n
+            a = centred @ root / (n - 1) ** 0.5
+            cross = torch.linalg.eigvalsh(a @ a.T).clamp_min(0).sqrt().sum()
+            trace = centred.square().sum() / (n - 1)
+        else:
+            sigma = centred.T @ centred / (n - 1)
+            cross = torch.linalg.eigvalsh(root @ sigma @ root).clamp_min(0).sqrt().sum()
+            trace = sigma.trace()
+        draws[i] = (mu - mu2).square().sum() + trace + base - 2 * cross
+    draws = draws.cpu()
     shifted = draws - draws.mean() + fd  # bias-corrected: centred on the full-sample estimate
     tail = (1 - level) / 2
     lo, hi = torch.quantile(shifted, torch.tensor([tail, 1 - tail], dtype=torch.float64)).tolist()

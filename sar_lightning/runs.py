@@ -23,6 +23,7 @@ import json
 import os
 import socket
 import sys
+import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -147,12 +148,31 @@ class RunDir:
         append_results(self.results, [row])
 
 
-def _owner(file: Path) -> str:
+def _owner(file: Path, wait: float = 3.0) -> str:
+    """Who holds a run's lock, from its ``.owner`` file. The holder writes that file just after taking the
+    lock, so a busy caller may read it missing, or left by an earlier holder: it re-reads for up to ``wait``
+    seconds until it names a live process (on this host) before saying "used by another process"."""
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            who = json.loads(file.read_text())
+            if who["host"] != socket.gethostname() or _alive(int(who["pid"])):
+                return f"{who['purpose']} by process {who['pid']} on {who['host']}"
+        except (OSError, ValueError, KeyError):
+            pass
+        if time.monotonic() > deadline:
+            return "used by another process"
+        time.sleep(0.05)
+
+
+def _alive(pid: int) -> bool:
     try:
-        who = json.loads(file.read_text())
-        return f"{who['purpose']} by process {who['pid']} on {who['host']}"
-    except (OSError, ValueError, KeyError):
-        return "used by another process"
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def setting_id(row: dict) -> tuple:

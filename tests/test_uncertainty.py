@@ -148,3 +148,18 @@ def test_aggregate_folds_seed_replicas_into_mean_sd_and_interval():
     assert agg.loc[("raster", 16)]["fd_mean"] == 5.0
     one = agg.loc[("random", 64)]  # one seed: the evaluation's bootstrap interval
     assert one["n_seeds"] == 1 and one["interval"] == "bootstrap" and (one["fd_lo"], one["fd_hi"]) == (9.0, 12.5)
+
+
+def test_fewer_samples_than_dimensions_take_the_small_gram_matrix_with_the_same_draws():
+    """With n < D the cross term comes from an n x n matrix (cheap for 2048-d Inception features and small
+    tests); its draws equal the D x D formula's, resample for resample."""
+    mu2, sigma2 = _reference()
+    x = _draw(20, 5)
+    got = fd_bootstrap(x, mu2, sigma2, 1.0, resamples=30, seed=9)
+    g, root, draws = torch.Generator().manual_seed(9), _sqrt_psd(sigma2), []
+    for _ in range(30):  # the D x D formula, on the same resamples
+        xb = x[torch.randint(20, (20,), generator=g)]
+        sigma = torch.cov(xb.T)
+        cross = torch.linalg.eigvalsh(root @ sigma @ root).clamp_min(0).sqrt().sum()
+        draws.append(float((xb.mean(0) - mu2).square().sum() + sigma.trace() + sigma2.trace() - 2 * cross))
+    assert got["fd_std"] == pytest.approx(float(np.std(draws, ddof=1)), rel=1e-6)
