@@ -18,10 +18,12 @@ across training seeds (Student's t) when a row has 2 or more seeds, else the sin
 over samples, else none (a point). For a claim **"A is lower than B"**: **reproduced** when the two intervals
 do not overlap and A is lower; **contradicted** when they do not overlap and A is higher; **inconclusive** when
 they overlap; **not run** when a row is missing (the section names the command that runs it). For a claim
-**"A is no worse than B"** (A matches B, A reaches B, A lands below B): reproduced when A's interval overlaps
-B's or lies below it, contradicted when it lies wholly above; "nearly as well" / "close" widens B's upper end
-by {NEARLY:.0%}. For **"A and B are alike"** (matters little): reproduced when the intervals overlap, else
-contradicted. These two rules only fail to find a difference: they are not equivalence tests. A finding made
+**"A is no worse than B"** (A matches B, A reaches B, A lands below B): reproduced when A's mean lies within B's
+interval or below it, contradicted when A's interval lies wholly above B's, inconclusive otherwise (the
+intervals overlap but A's mean is above B's interval); "nearly as well" / "close" widens B's upper end by
+{NEARLY:.0%}. For **"A and B are alike"** (matters little): reproduced when each mean lies within the other's
+interval, contradicted when the intervals do not overlap, inconclusive otherwise. These two rules only fail
+to find a difference: they are not equivalence tests. A finding made
 of several comparisons is contradicted if any is, reproduced if all that ran are, inconclusive otherwise, and
 not run when none ran; "(partial)" marks one whose comparisons did not all run. Where both rows have 2 or
 more matching training seeds, the paired difference A - B (the mean of per-seed differences with its 95% t
@@ -98,14 +100,18 @@ def judge(claim: str, a: Side, b: Side | None, tol: float = 0.0) -> tuple[str, s
         verdict, why = (("reproduced", "A's interval lies below B's") if below else
                         ("contradicted", "A's interval lies above B's") if above else
                         ("inconclusive", "the intervals overlap"))
-    elif claim == "not_worse":
-        ok = a.lo <= b.hi * (1 + tol)
+    elif claim == "not_worse":  # A's estimate must lie within (or below) B's interval, widened by tol
+        top = b.hi * (1 + tol)
         margin = f" widened by {tol:.0%}" if tol else ""
-        verdict, why = (("reproduced", "A lies below B" if below else f"A's interval overlaps B's{margin}") if ok else
-                        ("contradicted", f"A's interval lies above B's{margin}"))
-    elif claim == "similar":
+        verdict, why = (("contradicted", f"A's interval lies above B's{margin}") if a.lo > top else
+                        ("reproduced", "A lies below B" if below else f"A's mean lies within B's interval{margin}")
+                        if a.mean <= top else
+                        ("inconclusive", f"the intervals overlap but A's mean lies above B's interval{margin}"))
+    elif claim == "similar":  # each estimate within the other's interval
+        inside = b.lo <= a.mean <= b.hi and a.lo <= b.mean <= a.hi
         verdict, why = (("contradicted", f"the intervals do not overlap (A {'lower' if below else 'higher'})")
-                        if below or above else ("reproduced", "the intervals overlap"))
+                        if below or above else ("reproduced", "each mean lies within the other's interval") if inside
+                        else ("inconclusive", "the intervals overlap but a mean lies outside the other's interval"))
     else:
         raise ValueError(f"unknown claim {claim!r}")
     return verdict, f"{why} {caveat}".strip()
