@@ -41,6 +41,7 @@ from .table import (  # noqa: E402
     one_per_point,
     own_order,
     prepare,
+    sampled_order,
     select_grid,
 )
 
@@ -82,10 +83,11 @@ def overlaps_own(d: pd.DataFrame) -> pd.Series:
     """Per row of ``d`` (one per line x infer_order): does its interval ``[fd_lo, fd_hi]`` overlap that of
     its line sampled in its own training order? False on that diagonal, where the line has no own-order row,
     and where neither of the two has an interval (two bare means say nothing about noise)."""
-    own = d[d["infer_order"] == d["train_order"]].set_index("line")
+    diagonal = d["infer_order"] == sampled_order(d["train_order"])
+    own = d[diagonal].set_index("line")
     lo, hi, kind = (d["line"].map(own[c]) for c in ("fd_lo", "fd_hi", "interval"))
     some_width = d["interval"].ne("none") | (kind.notna() & kind.ne("none"))
-    return d["infer_order"].ne(d["train_order"]) & some_width & (d["fd_lo"] <= hi) & (lo <= d["fd_hi"])
+    return ~diagonal & some_width & (d["fd_lo"] <= hi) & (lo <= d["fd_hi"])
 
 
 def pareto_front(cost: np.ndarray, value: np.ndarray) -> np.ndarray:
@@ -240,7 +242,7 @@ def plot_order_matrix(pts, out, prefix, question, styles, written, notes) -> dic
                 text = ("≈" if c["near_own"] else "") + f"{v:.1f}"
                 text += f"\n±{(c['fd_hi'] - c['fd_lo']) / 2:.1f}" if c["interval"] != "none" else ""
                 ax.text(j, i, text, ha="center", va="center", fontsize=7, color="w" if norm(v) > 0.6 else "k",
-                        fontweight="bold" if cols[j] == train.iloc[i] else "normal")
+                        fontweight="bold" if cols[j] == sampled_order(train.iloc[i:i + 1]).iloc[0] else "normal")
         ax.set_xticks(range(m.shape[1]), m.columns, rotation=40, ha="right")
         ax.set_yticks(range(m.shape[0]), [f"{line} [{o}]" if line != o else line for line, o in train.items()])
         ax.set_xlabel("inference order")

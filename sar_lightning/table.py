@@ -208,12 +208,16 @@ def _line_key(df: pd.DataFrame) -> tuple[pd.Series, pd.Series]:
     return config, line
 
 
+def sampled_order(train_order: pd.Series) -> pd.Series:
+    """The order a model is sampled in by default: its training order, raster for ``anneal`` (RAR)."""
+    return train_order.replace({"anneal": "raster"})
+
+
 def own_order(df: pd.DataFrame, notes: list[str] | None = None) -> pd.DataFrame:
     """Each model sampled in its own order at CFG scale 1: the rows that compare recipes fairly. A model
     trained with order ``anneal`` (RAR) is sampled in raster order, its own order at inference."""
     if {"infer_order", "train_order"} <= set(df.columns):
-        own = df["train_order"].replace({"anneal": "raster"})
-        df = df[(df["infer_order"] == df["train_order"]) | (df["infer_order"] == own)]
+        df = df[(df["infer_order"] == df["train_order"]) | (df["infer_order"] == sampled_order(df["train_order"]))]
     elif notes is not None:
         notes.append("no train_order/infer_order columns: every row taken as sampled in its own order")
     return df[df["cfg_scale"] == 1.0]
