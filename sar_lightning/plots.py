@@ -236,13 +236,14 @@ def plot_order_matrix(pts, out, prefix, question, styles, written, notes) -> dic
         fig, ax = plt.subplots(layout="constrained", figsize=size)
         norm = LogNorm(np.nanmin(m.to_numpy()), np.nanmax(m.to_numpy()))
         im = ax.imshow(m.to_numpy(), cmap="viridis_r", norm=norm)
+        own = sampled_order(train)  # the diagonal: each model's own inference order
         for (i, j), v in np.ndenumerate(m.to_numpy()):
             if np.isfinite(v):  # bold on the diagonal: sampled in the order it was trained in
                 c = cell.loc[(m.index[i], cols[j])]
                 text = ("≈" if c["near_own"] else "") + f"{v:.1f}"
                 text += f"\n±{(c['fd_hi'] - c['fd_lo']) / 2:.1f}" if c["interval"] != "none" else ""
                 ax.text(j, i, text, ha="center", va="center", fontsize=7, color="w" if norm(v) > 0.6 else "k",
-                        fontweight="bold" if cols[j] == sampled_order(train.iloc[i:i + 1]).iloc[0] else "normal")
+                        fontweight="bold" if cols[j] == own.iloc[i] else "normal")
         ax.set_xticks(range(m.shape[1]), m.columns, rotation=40, ha="right")
         ax.set_yticks(range(m.shape[0]), [f"{line} [{o}]" if line != o else line for line, o in train.items()])
         ax.set_xlabel("inference order")
