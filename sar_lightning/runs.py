@@ -123,6 +123,8 @@ class RunDir:
                                                                 "purpose": purpose}))
             yield self
         finally:
+            # the record goes with the lock, so a later busy caller never reads an earlier holder's
+            (self.path / ".owner").unlink(missing_ok=True)
             lock.release()
 
     def read_done(self) -> dict:
@@ -150,8 +152,9 @@ class RunDir:
 
 def _owner(file: Path, wait: float = 3.0) -> str:
     """Who holds a run's lock, from its ``.owner`` file. The holder writes that file just after taking the
-    lock, so a busy caller may read it missing, or left by an earlier holder: it re-reads for up to ``wait``
-    seconds until it names a live process (on this host) before saying "used by another process"."""
+    lock and removes it before releasing it, so a busy caller may read it missing (or left by a killed
+    holder): it re-reads for up to ``wait`` seconds until it names a live process (on this host) before
+    saying "used by another process"."""
     deadline = time.monotonic() + wait
     while True:
         try:
