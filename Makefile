@@ -97,6 +97,11 @@ tb: install ## TensorBoard on http://127.0.0.1:6006 over every run
 
 GRIDS := orders intervals mar spectrum anneal
 
-report: install ## every grid's figures into docs/results/, then FINDINGS.md: the ten findings as verdicts from the table
-	@for g in $(GRIDS); do $(PLOT) --grid $$g --out docs/results || echo "[report] no figures for grid $$g yet"; done
-	$(PY) analysis/report.py --root $(ROOT)
+# The committed results archive: every evaluated run's config and results, and the sweep manifests (no checkpoints).
+ARCHIVE ?= docs/results/runs
+
+report: install ## ROOT's results merged into the archive (docs/results/runs), then every grid's figures and FINDINGS.md from it
+	@if [ -d $(ROOT) ]; then $(PY) -m sar_lightning.archive --root $(ROOT) --into $(ARCHIVE); fi
+	@for g in $(GRIDS); do $(PY) analysis/plot_tradeoffs.py --root $(ARCHIVE) --grid $$g --out docs/results \
+		|| echo "[report] no figures for grid $$g yet"; done
+	$(PY) analysis/report.py --root $(ARCHIVE)

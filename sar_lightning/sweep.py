@@ -307,6 +307,7 @@ def sweep(grid_path, profile="default", jobs=None, root=None, launcher="local", 
                          children=children)
         manifest = {"grid": grid.name, "profile": profile, "data": data, "question": grid.question,
                     "jobs": jobs, "seconds": round(time.time() - start, 1),
+                    "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                     "runs": [{"run_id": r["run_id"], "label": job.name, "seed": job.seed, "status": r["status"],
                               "seconds": round(r.get("seconds", 0.0), 1)} for job, r in zip(todo, results)]}
         atomic_write_text(manifest_path(root_dir, grid.name, tag), json.dumps(manifest, indent=1))  # whole or not

@@ -101,6 +101,17 @@ def test_smoke_sweep_with_two_seeds_end_to_end_then_rerun_trains_nothing(tmp_pat
     assert report.returncode == 0, report.stderr[-2000:]
     text = (tmp_path / "FINDINGS.md").read_text()
     assert "not run" in text and "make sweep-orders" in text  # this grid runs none of the findings' grids
+    # The committed archive (no checkpoints) gives the same table and the same report as the run folders.
+    from sar_lightning.archive import archive
+    from sar_lightning.table import collect as collect_table
+
+    assert archive(root, tmp_path / "archive")[:2] == (2, 8)
+    assert not list((tmp_path / "archive").rglob("*.ckpt"))
+    pd.testing.assert_frame_equal(collect_table(tmp_path / "archive"), collect_table(root))
+    again = subprocess.run([sys.executable, "analysis/report.py", "--root", str(tmp_path / "archive"), "--out",
+                            str(tmp_path / "FINDINGS2.md")], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert (tmp_path / "FINDINGS2.md").read_text().replace(str(tmp_path / "archive"), str(root)) == text
 
 
 def test_a_failed_run_is_reported_and_the_others_finish(tmp_path, capsys, tiny_codes):
