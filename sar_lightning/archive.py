@@ -24,7 +24,7 @@ import sys
 from pathlib import Path
 
 from .files import atomic_write_text
-from .runs import CONFIG, DONE, RESULTS, SWEEPS, read_results, setting_id
+from .runs import CONFIG, DONE, RESULTS, SWEEPS, read_results, results_text, setting_id
 
 ARCHIVE = "docs/results/runs"
 
@@ -42,7 +42,7 @@ def archive_run(run: Path, into: Path) -> int:
         if (run / name).exists():
             atomic_write_text(dest / name, (run / name).read_text())
     rows = _merge_rows(read_results(dest / RESULTS), read_results(run / RESULTS))
-    atomic_write_text(dest / RESULTS, "".join(json.dumps(r, sort_keys=True) + "\n" for r in rows))
+    atomic_write_text(dest / RESULTS, results_text(rows))
     return len(rows)
 
 
@@ -81,7 +81,11 @@ def archive(root: str | Path = "runs", into: str | Path = ARCHIVE) -> tuple[int,
             print(f"[archive] skipping unreadable manifest {file}: {e}", file=sys.stderr)
             continue
         target = into / SWEEPS / file.name
-        old = json.loads(target.read_text()) if target.exists() else None
+        try:
+            old = json.loads(target.read_text()) if target.exists() else None
+        except json.JSONDecodeError as e:
+            raise ValueError(f"the archived manifest {target} is not valid JSON ({e}): restore it with "
+                             f"`git checkout -- {target}`, then archive again") from None
         atomic_write_text(target, json.dumps(merge_manifest(old, new), indent=1))
         n_manifests += 1
     return n_runs, n_rows, n_manifests
@@ -95,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     try:
         runs, rows, manifests = archive(args.root, args.into)
-    except FileNotFoundError as e:
+    except (FileNotFoundError, ValueError) as e:
         print(f"archive error: {e}", file=sys.stderr)
         return 2
     print(f"[archive] {runs} runs ({rows} result rows) and {manifests} sweep manifests from {args.root} -> {args.into}")

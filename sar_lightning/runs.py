@@ -222,7 +222,12 @@ def append_results(path: str | Path, rows: list[dict]) -> None:
         old = path.read_text() if path.exists() else ""
         if old and not old.endswith("\n"):
             old += "\n"
-        atomic_write_text(path, old + "".join(json.dumps(r, sort_keys=True) + "\n" for r in rows))
+        atomic_write_text(path, old + results_text(rows))
+
+
+def results_text(rows: list[dict]) -> str:
+    """``rows`` as ``results.jsonl`` lines: one JSON object per line, keys sorted."""
+    return "".join(json.dumps(r, sort_keys=True) + "\n" for r in rows)
 
 
 def manifest_path(root: str | Path, grid: str, tag: str) -> Path:

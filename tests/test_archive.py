@@ -62,3 +62,14 @@ def test_a_missing_runs_folder_is_one_line_and_exit_2(tmp_path, capsys):
     assert A.main(["--root", str(tmp_path / "nope"), "--into", str(tmp_path / "archive")]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "nope" in err and not (tmp_path / "archive").exists()
+
+
+def test_a_torn_archived_manifest_is_one_line_and_exit_2(tmp_path, capsys):
+    into = tmp_path / "archive"
+    (into / "sweeps").mkdir(parents=True)
+    (into / "sweeps" / "orders-default.json").write_text("{torn")
+    root = _session(tmp_path / "a", {"r_s0": [_row(1, 9.0)]}, 60.0, "2026-12-01T10:00:00")
+    assert A.main(["--root", str(root), "--into", str(into)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "orders-default.json" in err
+    assert (into / "sweeps" / "orders-default.json").read_text() == "{torn"
