@@ -1,4 +1,4 @@
-"""Evaluate a run: ``python -m sar_lightning.evaluate runs/<run_id> [key=value ...]``.
+"""Evaluate a run: ``python -m sar_lightning.evaluate runs/<run_id> [key=value ...] [--and key=value ...]``.
 
 For every inference setting of the grid (``infer.orders`` x ``infer.num_steps`` x ``infer.cfg_scale``
 x ``infer.kv_cache``) it samples ``infer.num_samples`` class-balanced images (image i has label
@@ -7,7 +7,8 @@ FD / KID / precision / recall / class accuracy against the real reference split 
 extractor, a 95% bootstrap interval of the FD over the generated samples (``fd_lo``, ``fd_hi``,
 ``fd_std``; ``infer.bootstrap`` resamples, the reference held fixed), times seconds per image at a fixed
 batch size after a warm-up, and appends one row to ``runs/<run_id>/results.jsonl`` (atomically).
-Settings already in the file are skipped.
+Settings already in the file are skipped. Each ``--and`` starts another evaluation of the same run with its
+own overrides, in the same process (one start-up for all of a sweep's evaluations of a run).
 Under a Lightning strategy (``trainer.devices=2 trainer.strategy=ddp``) images are split across ranks.
 """
 
@@ -167,6 +168,8 @@ def _evaluate(run: RunDir, cfg: Config) -> list[dict]:
     for i, setting in enumerate(todo, 1):
         if rank == 0:
             run.write_progress("evaluating", i - 1, len(todo))
+        if world == 1:
+            run.adopt_threads()  # a sweep may have freed cores for this run
         sampler = Sampler.from_row(setting)
         index = torch.arange(rank * per_rank, (rank + 1) * per_rank).clamp_max(cfg.infer.num_samples - 1)
         started = time.perf_counter()
@@ -225,12 +228,23 @@ def log_to_tensorboard(run: RunDir, cfg: Config, rows: list[dict]) -> None:
     writer.close()
 
 
+def override_groups(args: list[str]) -> list[list[str]]:
+    """``a=1 --and b=2 c=3`` -> ``[["a=1"], ["b=2", "c=3"]]``: one override list per evaluation."""
+    groups = [[]]
+    for arg in args:
+        if arg == "--and":
+            groups.append([])
+        else:
+            groups[-1].append(arg)
+    return groups
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if not argv or argv[0] in ("-h", "--help"):
         print(__doc__)
         return 0 if argv else 2
-    return run_cli("evaluate", lambda: evaluate(argv[0], argv[1:]))
+    return run_cli("evaluate", lambda: [evaluate(argv[0], group) for group in override_groups(argv[1:])])
 
 
 if __name__ == "__main__":

@@ -46,6 +46,8 @@ class SweepProgress:
         part = progress.get("done", 0) / max(1, progress.get("total", 1))
         if state == "training" and progress.get("state") == "training":
             return TRAIN_SHARE * part
+        if state == "waiting":  # trained, its evaluation not begun
+            return TRAIN_SHARE
         if state == "evaluating":
             return TRAIN_SHARE + (1 - TRAIN_SHARE) * (part if progress.get("state") == "evaluating" else 0.0)
         return 0.0

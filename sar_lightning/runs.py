@@ -33,6 +33,7 @@ from filelock import FileLock, Timeout
 from .files import UMASK, FileError, atomic_write_text, safe_load
 
 CONFIG, DONE, RESULTS, LOG, PROGRESS = "config.yaml", "done.json", "results.jsonl", "sweep.log", "progress.json"
+THREADS = "threads"  # the CPU threads a sweep gives the run's running process (a number; see ``adopt_threads``)
 CHECKPOINTS, LAST, TB, SAMPLES, SWEEPS = "checkpoints", "last.ckpt", "tb", "samples", "sweeps"
 
 # What makes two result rows of one run the same sampler setting: evaluate skips a setting whose key
@@ -75,6 +76,7 @@ class RunDir:
     samples = property(lambda self: self.path / SAMPLES)
     log = property(lambda self: self.path / LOG)
     progress = property(lambda self: self.path / PROGRESS)
+    threads = property(lambda self: self.path / THREADS)
 
     def checkpoint(self, name: str = "last") -> Path:
         """``last``, ``step000500`` or a file name under ``checkpoints/``."""
@@ -142,6 +144,24 @@ class RunDir:
             return json.loads(self.progress.read_text())
         except (OSError, json.JSONDecodeError):
             return None
+
+    def give_threads(self, n: int) -> None:
+        """The sweep's side: the run's evaluation may now use ``n`` CPU threads (taken up at its next setting)."""
+        atomic_write_text(self.threads, f"{int(n)}\n")
+
+    def adopt_threads(self) -> int:
+        """The evaluation's side: take up the thread count the sweep last gave this run, if any; return the
+        count in use. Sampling gives the same tokens with any count (tests/test_evaluate.py), so only the
+        speed changes."""
+        import torch
+
+        try:
+            n = int(self.threads.read_text())
+        except (OSError, ValueError):
+            return torch.get_num_threads()
+        if n > 0 and n != torch.get_num_threads():
+            torch.set_num_threads(n)
+        return torch.get_num_threads()
 
     def read_results(self) -> list[dict]:
         return read_results(self.results)

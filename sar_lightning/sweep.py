@@ -13,8 +13,13 @@ grid: replica ``s`` trains with ``train.seed=s`` (part of the run id) and sample
 so each replica has its own training draws and its own samples. Replicas share their grid label.
 
 Finished runs are skipped, interrupted ones resume from their last checkpoint, evaluation only
-samples the settings missing from each run's results. Jobs run as subprocesses (``--jobs`` at once,
-threads split between them) or through submitit (``--launcher slurm`` on a cluster, ``submitit-local``).
+samples the settings missing from each run's results. Jobs run as subprocesses or through submitit
+(``--launcher slurm`` on a cluster, ``submitit-local``). A job is two processes: training, then one
+evaluation process for all of the grid's evaluations. Locally at most ``--jobs`` processes run at once
+(``Slots``): every run's training is started before any evaluation (the long tasks first, so the sweep
+ends with short ones), each training with a fixed share of the cores (``cores // jobs`` threads, so a
+run's weights never depend on the sweep's timing); an evaluation takes the cores the others leave
+(``CoreShare``: sampling gives the same tokens with any number of threads).
 A failed run is reported with its log and does not stop the others.
 
 A sweep dies cleanly: on SIGINT (Ctrl-C) or SIGTERM it starts no new job (queued ones are reported as
@@ -27,11 +32,13 @@ the sweep dies, even by SIGKILL, so no orphaned training races a re-run in the s
 from __future__ import annotations
 
 import argparse
+import heapq
 import json
 import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
@@ -202,36 +209,136 @@ def expand(grid_path: str | Path, profile: str = "default", root: str | None = N
     return grid, out
 
 
+class Slots:
+    """At most ``n`` commands of a local sweep at once. A free slot goes to the waiting command with the
+    lowest key: ``(0, job)`` for a training, ``(1, job)`` for an evaluation, so every training starts
+    before any evaluation, each kind in grid order. No slot is given before the ``jobs`` expected have
+    each said ``hello`` (their threads start in any order)."""
+
+    def __init__(self, n: int, jobs: int = 0):
+        self.free, self.waiting, self.cond = max(1, n), [], threading.Condition()
+        self.expected = jobs
+
+    def hello(self) -> None:
+        """A job has begun (whether or not it will ask for a slot)."""
+        with self.cond:
+            self.expected -= 1
+            self.cond.notify_all()
+
+    def acquire(self, key: tuple, stopping) -> bool:
+        """Wait for a slot; False, and no slot taken, once ``stopping()`` is true."""
+        with self.cond:
+            heapq.heappush(self.waiting, key)
+            while not (self.free and self.expected <= 0 and self.waiting[0] == key):
+                if stopping():
+                    self.waiting.remove(key)
+                    heapq.heapify(self.waiting)
+                    self.cond.notify_all()
+                    return False
+                self.cond.wait(0.25)
+            heapq.heappop(self.waiting)
+            self.free -= 1
+            self.cond.notify_all()
+            return True
+
+    def release(self) -> None:
+        with self.cond:
+            self.free += 1
+            self.cond.notify_all()
+
+
+class CoreShare:
+    """The CPU threads of a local sweep's evaluations: the cores split evenly over the jobs not yet finished
+    (up to the number of slots). When a job ends, the evaluations still running are given the cores it
+    leaves (``RunDir.give_threads``; evaluate takes them up at its next setting), so the last evaluations
+    of a sweep do not leave cores idle. Sampling gives the same tokens with any number of threads; training
+    keeps its fixed share (``Job.threads``), since its floating-point sums depend on the thread count."""
+
+    def __init__(self, cores: int, slots: int, jobs: int):
+        self.cores, self.slots, self.unfinished = cores, max(1, slots), jobs
+        self.given: dict[Path, int] = {}  # evaluating job's run folder -> threads given
+        self.lock = threading.Lock()
+
+    def _share(self) -> int:
+        return max(1, self.cores // max(1, min(self.slots, self.unfinished)))
+
+    def begin(self, run: RunDir) -> int:
+        """An evaluation of ``run`` starts: the threads it starts with."""
+        with self.lock:
+            self.given[run.path] = self._share()
+            run.give_threads(self.given[run.path])
+            return self.given[run.path]
+
+    def end(self, run: RunDir) -> None:
+        """The job of ``run`` ended (done, failed or stopped): share its cores out."""
+        with self.lock:
+            if self.given.pop(run.path, None) is not None:
+                run.threads.unlink(missing_ok=True)
+            self.unfinished -= 1
+            share = self._share()
+            for path, given in self.given.items():
+                if given < share:
+                    self.given[path] = share
+                    RunDir(path).give_threads(share)
+
+
 def _outcome(job: Job, status: str, log: Path, start: float, was: str) -> dict:
     return {"run_id": job.run_id, "label": job.label, "status": status, "log": str(log),
             "seconds": time.time() - start, "was": was}
 
 
-def run_job(job: Job, progress: SweepProgress | None = None, children: Children | None = None) -> dict:
+def run_job(job: Job, progress: SweepProgress | None = None, children: Children | None = None,
+            cores: CoreShare | None = None, slots: Slots | None = None, index: int = 0) -> dict:
     """Train (or resume, or skip) one run, then evaluate it; each step a subprocess with its own log.
     ``progress`` (local launcher only) hears of each step. ``children`` (default ``CHILDREN``) holds the
-    live subprocesses; once it is stopping, a job not begun is ``cancelled``, a running one ``stopped``."""
-    children = children or CHILDREN
+    live subprocesses; once it is stopping, a job not begun is ``cancelled``, a running one ``stopped``.
+    Locally, ``slots`` orders the job's processes among the others (``index``: its place in the grid) and
+    ``cores`` sets its evaluation's threads."""
+    if slots is not None:
+        slots.hello()
     run = RunDir(job.run_dir)
+    try:
+        return _run_job(job, run, progress, children or CHILDREN, cores, slots, index)
+    finally:
+        if cores is not None:
+            cores.end(run)
+
+
+def _run_job(job: Job, run: RunDir, progress, children: Children, cores: CoreShare | None, slots: Slots | None,
+             index: int) -> dict:
     log = run.log
     tell = progress.set if progress is not None else lambda label, state: None
     start = time.time()
     if children.stopping:
         tell(job.label, "cancelled")
         return _outcome(job, "cancelled", log, start, job.status)
-    env = {**os.environ, "OMP_NUM_THREADS": str(job.threads), "MKL_NUM_THREADS": str(job.threads)}
     status = run.status()
     commands = [] if status == "done" else [[sys.executable, "-m", "sar_lightning.train", str(run.config),
                                              f"threads={job.threads}", "trainer.enable_progress_bar=false"]]
-    commands += [[sys.executable, "-m", "sar_lightning.evaluate", str(run.path), f"threads={job.threads}", *e]
-                 for e in job.evals if status != "done" or pending_settings(run.path, e) != 0]
+    evals = [e for e in job.evals if status != "done" or pending_settings(run.path, e) != 0]
+    if evals:  # one process for all of them: "a=1 --and b=2"
+        commands.append([sys.executable, "-m", "sar_lightning.evaluate", str(run.path), f"threads={job.threads}",
+                         *[arg for i, e in enumerate(evals) for arg in (["--and"] if i else []) + e]])
     with open(log, "a") as f:
         for i, cmd in enumerate(commands):
-            tell(job.label, "training" if cmd[2] == "sar_lightning.train" else "evaluating")
-            f.write(f"\n$ {' '.join(cmd)}\n")
-            f.flush()
-            proc = children.start(cmd, stdout=f, stderr=subprocess.STDOUT, env=env)
-            code = None if proc is None else children.wait(proc)
+            training = cmd[2] == "sar_lightning.train"
+            if i:
+                tell(job.label, "waiting")  # trained; its evaluation waits for a slot
+            if slots is not None and not slots.acquire((0 if training else 1, index), lambda: children.stopping):
+                proc = code = None
+            else:
+                try:
+                    threads = job.threads if training or cores is None else cores.begin(run)
+                    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+                    cmd[4] = f"threads={threads}"
+                    tell(job.label, "training" if training else "evaluating")
+                    f.write(f"\n$ {' '.join(cmd)}\n")
+                    f.flush()
+                    proc = children.start(cmd, stdout=f, stderr=subprocess.STDOUT, env=env)
+                    code = None if proc is None else children.wait(proc)
+                finally:
+                    if slots is not None:
+                        slots.release()
             if children.stopping and (code != 0 or i < len(commands) - 1):  # cut short, not failed
                 state = "cancelled" if i == 0 and proc is None else "stopped"
                 f.write(f"[sweep] {'not started' if proc is None else f'stopped (exit code {code})'}: the sweep "
@@ -252,8 +359,10 @@ def launch(jobs: list[Job], n_parallel: int, launcher: str, folder: Path, slurm:
     running ones signalled (``Children.enforce``); the results then say which were stopped or cancelled."""
     if launcher == "local":
         children = children or CHILDREN
-        with SweepProgress(jobs, title) as progress, ThreadPoolExecutor(max_workers=max(1, n_parallel)) as pool:
-            futures = [pool.submit(run_job, job, progress, children) for job in jobs]
+        cores, slots = CoreShare(available_cores(), n_parallel, len(jobs)), Slots(n_parallel, len(jobs))
+        # one thread per job, each waiting for a slot per process (``Slots`` says which goes first)
+        with SweepProgress(jobs, title) as progress, ThreadPoolExecutor(max_workers=max(1, len(jobs))) as pool:
+            futures = [pool.submit(run_job, job, progress, children, cores, slots, i) for i, job in enumerate(jobs)]
             pending = set(futures)
             while pending:  # the main thread polls, so a stop asked by its signal handler is carried out
                 pending = wait(pending, timeout=0.25, return_when=FIRST_COMPLETED).not_done

@@ -129,3 +129,31 @@ def test_two_processes_give_the_numbers_of_one(run_dir, tmp_path):
     for key in ("fd", "kid", "precision", "recall", "class_acc", "num_samples"):
         assert a[key] == pytest.approx(b[key], rel=1e-5), key
     assert json.dumps(a["num_samples"]) == "60"
+
+
+def test_evaluations_joined_by_and_give_the_rows_of_separate_calls(run_dir, tmp_path):
+    """``evaluate RUN a --and b`` (one process, as a sweep runs it) writes the rows of ``evaluate RUN a`` then
+    ``evaluate RUN b``; a thread count given mid-way (``RunDir.give_threads``) changes no sample (a changed
+    token would move the FD far more than float rounding in the feature extractor does)."""
+    import shutil
+
+    from sar_lightning.runs import RunDir
+
+    apart, joined = tmp_path / "apart" / run_dir.name, tmp_path / "joined" / run_dir.name
+    for d in (apart, joined):
+        shutil.copytree(run_dir, d, ignore=shutil.ignore_patterns(RESULTS))
+    first, second = [*FAST_EVAL, "infer.num_steps=[1,4]"], [*FAST_EVAL, "infer.orders=[raster]", "infer.num_steps=[4]"]
+    evaluate(apart, first)
+    evaluate(apart, second)
+    RunDir(joined).give_threads(2)
+    try:
+        assert main([str(joined), *first, "--and", *second]) == 0
+        assert torch.get_num_threads() == 2  # taken up from the run folder's threads file
+    finally:
+        torch.set_num_threads(1)
+    a, b = read_results(apart / RESULTS), read_results(joined / RESULTS)
+    assert [(r["infer_order"], r["num_steps"]) for r in a] == [("random", 1), ("random", 4), ("raster", 4)]
+    for key in ("infer_order", "num_steps", "precision", "recall", "class_acc"):
+        assert [r[key] for r in a] == [r[key] for r in b], key
+    for key in ("fd", "fd_lo", "fd_hi", "kid"):
+        assert [r[key] for r in a] == pytest.approx([r[key] for r in b], rel=1e-7), key

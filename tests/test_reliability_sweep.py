@@ -85,7 +85,9 @@ def test_run_job_runs_its_steps_as_before(tmp_path, monkeypatch, code):
     assert result["status"] == ("trained" if code == 0 else "failed") and result["was"] == "new"
     log = (tmp_path / "run0" / "sweep.log").read_text()
     assert log.count("ran sar_lightning.train") == 1
-    assert log.count("ran sar_lightning.evaluate") == (2 if code == 0 else 0)
+    # both evaluations in one process, one after the other
+    assert log.count("ran sar_lightning.evaluate") == (1 if code == 0 else 0)
+    assert ("infer.num_steps=[4] --and infer.num_steps=[8]" in log) == (code == 0)
 
 
 @pytest.mark.skipif(not LINUX, reason="reads /proc")

@@ -160,3 +160,60 @@ def test_submitit_local_executor_runs_the_same_jobs(tmp_path):
     assert [r["status"] for r in results] == ["trained"]
     assert read_results(root / results[0]["run_id"] / "results.jsonl")
     assert list((root / "sweeps" / "submitit").iterdir())  # submitit's own job folders
+
+
+
+def test_cores_freed_at_the_end_of_a_sweep_go_to_the_evaluations_still_going(tmp_path):
+    """Two cores, two slots, three jobs: an evaluation starts with one thread while three jobs are unfinished;
+    when jobs end, the evaluation still running is given both cores (its run folder's threads file), which
+    goes when its job ends."""
+    from sar_lightning.runs import RunDir
+    from sar_lightning.sweep import CoreShare
+
+    runs = [RunDir(tmp_path / name) for name in ("a", "b", "c")]
+    for r in runs:
+        r.path.mkdir()
+    share = CoreShare(cores=2, slots=2, jobs=3)
+    assert share.begin(runs[0]) == 1 and runs[0].threads.read_text().strip() == "1"
+    share.end(runs[1])  # b ended (say it failed in training): a and c are left, one core each
+    assert runs[0].threads.read_text().strip() == "1" and not runs[1].threads.exists()
+    share.end(runs[2])  # c ended: a takes both cores
+    assert runs[0].threads.read_text().strip() == "2"
+    share.end(runs[0])
+    assert not runs[0].threads.exists()
+    assert CoreShare(cores=8, slots=4, jobs=2).begin(runs[1]) == 4  # fewer runs than slots: more threads each
+
+
+def test_slots_start_every_training_before_any_evaluation(tmp_path):
+    """One slot, commands asking in a shuffled order: trainings (key 0) go first in grid order, then the
+    evaluations (key 1), and none before every job has said hello; a waiting command gives up once the sweep
+    is stopping."""
+    import random
+    import threading
+
+    from sar_lightning.sweep import Slots
+
+    slots, order, gate = Slots(1, jobs=1), [], threading.Event()
+    assert not slots.acquire((0, 0), lambda: True)  # no hello yet: nothing given (the waiter stops)
+    slots.hello()
+    assert slots.acquire((9, 9), lambda: False)  # hold the slot until every request waits
+    keys = [(kind, job) for job in range(3) for kind in (0, 1)]
+    random.Random(0).shuffle(keys)
+
+    def ask(key):
+        if slots.acquire(key, lambda: False):
+            order.append(key)
+            slots.release()
+
+    threads = [threading.Thread(target=ask, args=(k,)) for k in keys]
+    for t in threads:
+        t.start()
+    while len(slots.waiting) < len(keys):
+        time.sleep(0.01)
+    slots.release()
+    for t in threads:
+        t.join(10)
+    assert order == sorted(keys) == [(0, 0), (0, 1), (0, 2), (1, 0), (1, 1), (1, 2)]
+    assert slots.acquire((0, 0), lambda: False)  # held again: a stopping sweep's waiter leaves empty-handed
+    gate.set()
+    assert not slots.acquire((1, 5), gate.is_set) and slots.waiting == []
