@@ -144,7 +144,7 @@ def evaluate(run_dir: str | Path, overrides: list[str] | tuple = ()) -> list[dic
 
 def _evaluate(run: RunDir, cfg: Config) -> list[dict]:
     from .data import decoder_for
-    from .metrics import compute_metrics
+    from .metrics import compute_metrics, reference_features
 
     fabric = L.Fabric(accelerator=cfg.trainer.accelerator, devices=cfg.trainer.devices,
                       strategy=cfg.trainer.strategy, num_nodes=cfg.trainer.num_nodes)
@@ -163,6 +163,7 @@ def _evaluate(run: RunDir, cfg: Config) -> list[dict]:
     if tokenizer is None:  # a codes folder whose tokenizer weights are not on this machine
         raise FileNotFoundError(f"cannot decode samples: {missing_decoder(cfg.data)}")
     real, reference = reference_for(cfg)
+    real = reference_features(extractor, real, device=fabric.device)  # once, not per setting
     written, world, rank = [], fabric.world_size, fabric.global_rank
     per_rank = -(-cfg.infer.num_samples // world)  # ceil: pad so every rank gathers the same shape
     for i, setting in enumerate(todo, 1):

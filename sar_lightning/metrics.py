@@ -235,7 +235,8 @@ def compute_metrics(
     Args:
         extractor: a feature extractor with a ``name`` (``features.py``); ``logits`` enables ``class_acc``.
         fake_images: ``[N, C, H, W]`` in [0, 1] (or an iterable of batches).
-        real: real images ``[M, C, H, W]`` in [0, 1], or reference statistics ``(mu, sigma)``.
+        real: real images ``[M, C, H, W]`` in [0, 1], their features ``[M, D]`` from this extractor (see
+            ``reference_features``: extracted once for many image sets), or reference statistics ``(mu, sigma)``.
         fake_labels: ``[N]`` the labels the fake images were conditioned on.
         **kwargs: passed to ``metrics_from_features`` (KID subsets, PR neighbourhood, seed).
 
@@ -245,8 +246,8 @@ def compute_metrics(
     fake_features, fake_logits = extract_features(
         extractor, fake_images, batch_size=batch_size, device=device, with_logits=fake_labels is not None
     )
-    if not _is_reference(real):
-        real, _ = extract_features(extractor, real, batch_size=batch_size, device=device)
+    if not _is_reference(real) and real.dim() != 2:
+        real = reference_features(extractor, real, batch_size=batch_size, device=device)
     return metrics_from_features(
         fake_features,
         real,
@@ -255,6 +256,14 @@ def compute_metrics(
         fake_labels=fake_labels,
         **kwargs,
     )
+
+
+def reference_features(extractor: nn.Module, real, *, batch_size: int = 256, device=None):
+    """What ``compute_metrics`` compares against, computed once: the features ``[M, D]`` of real images
+    ``[M, C, H, W]``; reference statistics ``(mu, sigma)`` and features pass through unchanged."""
+    if _is_reference(real) or real.dim() == 2:
+        return real
+    return extract_features(extractor, real, batch_size=batch_size, device=device)[0]
 
 
 def named_metrics(result: dict, prefix: str = "eval/") -> dict:

@@ -11,6 +11,7 @@ The string ``N`` in a step-count list means the data's number of tokens.
 Training seeds (``--seeds 0,1,2``, else a profile's or the grid's ``seeds:``) replicate every run of the
 grid: replica ``s`` trains with ``train.seed=s`` (part of the run id) and samples with ``infer.seed=s``,
 so each replica has its own training draws and its own samples. Replicas share their grid label.
+``--only raster,random`` runs just the grid's runs of those labels (the same run ids as in the whole grid).
 
 Finished runs are skipped, interrupted ones resume from their last checkpoint, evaluation only
 samples the settings missing from each run's results. Jobs run as subprocesses or through submitit
@@ -165,12 +166,19 @@ def parse_seeds(text: str | list | None) -> list[int] | None:
 
 
 def expand(grid_path: str | Path, profile: str = "default", root: str | None = None, jobs: int = 1,
-           extra: list[str] | tuple = (), data: str | None = None,
-           seeds: list[int] | None = None) -> tuple[GridSpec, list[Job]]:
-    """Grid file -> validated jobs (one per run and training seed). Every run config is checked before
-    any work starts."""
+           extra: list[str] | tuple = (), data: str | None = None, seeds: list[int] | None = None,
+           only: list[str] | None = None) -> tuple[GridSpec, list[Job]]:
+    """Grid file -> validated jobs (one per run and training seed; ``only``: the runs with these labels).
+    Every run config is checked before any work starts."""
     grid_path = Path(grid_path)
     grid = load_grid(grid_path)
+    if only:
+        labels = [spec.label for spec in grid.runs]
+        unknown = [label for label in only if label not in labels]
+        if unknown:
+            raise ConfigError(f"--only: grid {grid.name} has no run labelled {', '.join(map(repr, unknown))}; "
+                              f"valid labels: {', '.join(labels)}")
+        grid.runs = [spec for spec in grid.runs if spec.label in only]
     experiments = experiments_root(grid_path)
     files, run_over, eval_over, profile_seeds = _profile(grid, profile, experiments, data)
     seeds = parse_seeds(seeds if seeds is not None else profile_seeds if profile_seeds is not None else grid.seeds)
@@ -399,12 +407,12 @@ def launch(jobs: list[Job], n_parallel: int, launcher: str, folder: Path, slurm:
 
 
 def sweep(grid_path, profile="default", jobs=None, root=None, launcher="local", extra=(), data=None,
-          seeds=None) -> list[dict]:
+          seeds=None, only=None) -> list[dict]:
     """Run a grid (see the module doc); the results, one per run. With the local launcher, SIGINT and SIGTERM
     stop it cleanly (from the main thread): the manifest records the statuses so far and ``SweepInterrupted``
     is raised once the running jobs are stopped and its message printed on stderr."""
     jobs = jobs or available_cores()
-    grid, todo = expand(grid_path, profile, root, jobs, extra, data, seeds)
+    grid, todo = expand(grid_path, profile, root, jobs, extra, data, seeds, only)
     root_dir = Path(todo[0].run_dir).parent if todo else Path(root or "runs")
     tag = f"{profile}-{data}" if data else profile  # one manifest per (grid, profile, data overlay)
     print(f"[sweep] {grid.name} ({tag}): {len(todo)} runs, {jobs} at a time via {launcher}: {grid.question}")
@@ -448,13 +456,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data", default=None, help="a data overlay of experiments/grids/data/ (e.g. fashion_mnist)")
     p.add_argument("--seeds", default=None, help="training seeds, e.g. 0,1,2: every run replicated per seed "
                    "(default: the profile's or the grid's seeds:, else the configs' train.seed)")
+    p.add_argument("--only", default=None, help="comma-separated run labels of the grid: run just those "
+                   "(e.g. --only raster,random)")
     p.add_argument("overrides", nargs="*", help="key=value applied to every run")
     args = p.parse_intermixed_args(argv)  # options may follow the key=value overrides, and vice versa
     results = []
 
     def work():
         results.extend(sweep(args.grid, args.profile, args.jobs, args.root, args.launcher, args.overrides, args.data,
-                             args.seeds))
+                             args.seeds, [x.strip() for x in args.only.split(",") if x.strip()] if args.only else None))
 
     try:
         code = run_cli("sweep", work)  # bad input: one line, exit 2

@@ -3,6 +3,7 @@ the classifier cache is reused; the Inception and reference-statistics paths fai
 
 import json
 import time
+from unittest.mock import ANY
 
 import numpy as np
 import pytest
@@ -119,6 +120,18 @@ def test_small_sample_counts_and_seeded_kid(digits_cnn, digits_sets):
     first = compute_metrics(digits_cnn, fake, real, seed=3, **FAST)
     second = compute_metrics(digits_cnn, fake, real, seed=3, **FAST)
     assert first["kid"] is not None and first == second  # subset size adapted to 20; same seed, same KID
+
+
+def test_reference_features_computed_once_give_the_metrics_of_the_images(digits_cnn, digits_sets):
+    """evaluate extracts the real set's features once per run (``reference_features``), not per setting:
+    every metric is what the images themselves give."""
+    from sar_lightning.metrics import reference_features
+
+    fake, real = digits_sets["real_b"][:50], digits_sets["real_a"]
+    feats = reference_features(digits_cnn, real)
+    assert feats.shape == (len(real), digits_cnn.num_features) and reference_features(digits_cnn, feats) is feats
+    assert compute_metrics(digits_cnn, fake, feats, seed=1, bootstrap=20, **FAST) == \
+        compute_metrics(digits_cnn, fake, real, seed=1, bootstrap=20, **FAST) | {"bootstrap_seconds": ANY}
 
 
 def test_reference_stats_path_matches_feature_path(digits_cnn, digits_sets, tmp_path):

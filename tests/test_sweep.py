@@ -45,6 +45,17 @@ def test_grid_files_validate(grid, profile, tmp_path):
         assert all("N" not in arg.split("=")[1] for e in job.evals for arg in e if "num_steps" in arg)
 
 
+def test_only_picks_runs_by_label_with_the_run_ids_of_the_whole_grid(tmp_path, capsys):
+    grid = _grid(tmp_path, TWO_RUNS)
+    _, whole = expand(grid, "smoke", root=str(tmp_path / "a"))
+    _, part = expand(grid, "smoke", root=str(tmp_path / "b"), only=["SAR-TS"])
+    assert [j.label for j in part] == ["SAR-TS"] and part[0].run_id == whole[1].run_id
+    assert main([str(grid), "--profile", "smoke", "--root", str(tmp_path / "c"), "--only", "AR,GPT"]) == 2
+    err = capsys.readouterr().err
+    assert "--only" in err and "'GPT'" in err and "valid labels: AR, SAR-TS" in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "c").exists()  # nothing written
+
+
 def test_paper_profile_says_what_data_is_missing(tmp_path):
     with pytest.raises(ConfigError, match="imagenet_vq16"):
         expand(GRIDS[0], "paper", root=str(tmp_path))
