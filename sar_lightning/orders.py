@@ -113,14 +113,17 @@ def fixed_random(height, width, batch_size, *, generator=None, device=None, seed
 
 @register_order("next_scale")
 def next_scale(height, width, batch_size, *, generator=None, device=None):
-    """VAR-like: scale s = 1, 2, 4, ... takes cells ``G/(2s) + i*G/s`` per axis; the rest last, raster."""
+    """VAR-like, coarse to fine: scale s = 1, 2, 4, ... (while s is below both sides) takes the cells at the
+    centres of an s x s partition, ``floor((2i + 1) G / (2s))`` for i < s in each axis (``G/(2s) + i*G/s``
+    when 2s divides G), less those a coarser scale took; every other cell last, in raster order."""
     rows, cols = _grid(height, width, device)
     key = torch.full((height * width,), 1 << 30, dtype=torch.long, device=device)
     key += rows * width + cols  # cells in no scale keep raster order, after every scale
     s, rank = 1, 0
-    while height % (2 * s) == 0 and width % (2 * s) == 0:
-        on_r = (rows % (height // s)) == height // (2 * s)
-        on_c = (cols % (width // s)) == width // (2 * s)
+    while s < min(height, width):
+        odd = 2 * torch.arange(s, device=device) + 1  # 2i + 1
+        on_r = torch.isin(rows, odd * height // (2 * s))
+        on_c = torch.isin(cols, odd * width // (2 * s))
         take = on_r & on_c & (key >= 1 << 30)
         key = torch.where(take, rank * height * width + rows * width + cols, key)
         s, rank = s * 2, rank + 1

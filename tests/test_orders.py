@@ -4,6 +4,7 @@ import pytest
 import torch
 from conftest import REPO
 
+from sar_lightning.intervals import make_intervals
 from sar_lightning.orders import ORDERS, is_permutation, make_order, parse_order_name
 
 SHAPES = [(8, 8), (4, 6), (16, 16), (7, 7)]
@@ -116,6 +117,22 @@ def test_next_scale_16x16_follows_the_spec_rule():
         axis = [g // (2 * s) + i * g // s for i in range(s)]  # docs/method.md section 2: G/(2s) + i*G/s
         assert set(cells[start : start + size]) == {(r, c) for r in axis for c in axis}
         start, s = start + size, s * 2
+
+
+def test_next_scale_on_an_odd_grid_goes_coarse_to_fine():
+    """7x7 (Fashion-MNIST's VQ codes): the centre, then the 2x2 partition's centres, then the 4x4's, then the
+    rest in raster order; the same sizes as the next_scale interval schedule (1, 4, 16, 28)."""
+    order = make_order("next_scale", 7, 7, 1)[0]
+    assert is_permutation(order[None]) and not torch.equal(order, torch.arange(49))
+    cells = _cells(order, 7)
+    assert cells[0] == (3, 3)
+    assert set(cells[1:5]) == {(r, c) for r in (1, 5) for c in (1, 5)}
+    assert set(cells[5:21]) == {(r, c) for r in (0, 2, 4, 6) for c in (0, 2, 4, 6)}
+    assert torch.equal(order[21:], order[21:].sort().values)
+    assert make_intervals("next_scale", 49) == [1, 4, 16, 28]
+    # A 6x10 grid: every cell once, scales 1, 2, 4 below the shorter side.
+    wide = make_order("next_scale", 6, 10, 1)
+    assert is_permutation(wide) and _cells(wide[0], 10)[0] == (3, 5)
 
 
 def test_random_with_seeds_is_independent_of_the_batch():
