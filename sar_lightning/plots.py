@@ -118,11 +118,15 @@ def _styles(df: pd.DataFrame) -> dict[str, dict]:
     return styles
 
 
-def _titles(fig, ax, own: str, question: str | None, note: str = "") -> None:
+def _titles(fig, ax, own: str, question: str | None, note: str = "", ax_share: float = 1.0) -> None:
+    """The grid's question over the figure, this figure's own question (and note) over the axes, which take
+    ``ax_share`` of the figure's width (less where tick labels and a colour bar sit beside them)."""
     width = int(fig.get_figwidth() * 12)  # characters per line at these font sizes
     if question:  # the grid's question on top, this figure's own question under it
         fig.suptitle(textwrap.fill(question, width), fontsize=9, fontweight="bold")
-    ax.set_title(textwrap.fill(own, width) + (f"\n{textwrap.fill(note, width)}" if note else ""), fontsize=8.5)
+    own_width = max(30, int(width * ax_share))
+    ax.set_title(textwrap.fill(own, own_width) + (f"\n{textwrap.fill(note, own_width)}" if note else ""),
+                 fontsize=8.5)
 
 
 def _save(fig, out: Path, name: str, written: list[str]) -> None:
@@ -251,7 +255,7 @@ def plot_order_matrix(pts, out, prefix, question, styles, written, notes) -> dic
         _titles(fig, ax, f"Do aligned training and inference orders beat mismatched ones? ({fd_label(ext)} "
                 f"at K = {n}, bold: own order)", question,
                 f"Cells: mean ± half-width of the {note}; ≈: the interval overlaps the own-order cell's in that "
-                "row (no clear difference)." if note else "")
+                "row (no clear difference)." if note else "", ax_share=0.55)  # row labels left, colour bar right
         fig.colorbar(im, ax=ax, shrink=0.8, label=f"{fd_label(ext)} (log colour)")
         drawn[f"{prefix}order_matrix_{ext}"] = d
         _save(fig, out, f"{prefix}order_matrix_{ext}", written)
