@@ -246,11 +246,9 @@ def compute_metrics(
     fake_features, fake_logits = extract_features(
         extractor, fake_images, batch_size=batch_size, device=device, with_logits=fake_labels is not None
     )
-    if not _is_reference(real) and real.dim() != 2:
-        real = reference_features(extractor, real, batch_size=batch_size, device=device)
     return metrics_from_features(
         fake_features,
-        real,
+        reference_features(extractor, real, batch_size=batch_size, device=device),
         extractor_name=extractor.name,
         fake_logits=fake_logits,
         fake_labels=fake_labels,

@@ -321,15 +321,14 @@ def _run_job(job: Job, run: RunDir, progress, children: Children, cores: CoreSha
         tell(job.label, "cancelled")
         return _outcome(job, "cancelled", log, start, job.status)
     status = run.status()
-    commands = [] if status == "done" else [[sys.executable, "-m", "sar_lightning.train", str(run.config),
-                                             f"threads={job.threads}", "trainer.enable_progress_bar=false"]]
+    # (module, run, arguments): the thread count goes in when the process starts
+    steps = [] if status == "done" else [("train", run.config, ["trainer.enable_progress_bar=false"])]
     evals = [e for e in job.evals if status != "done" or pending_settings(run.path, e) != 0]
     if evals:  # one process for all of them: "a=1 --and b=2"
-        commands.append([sys.executable, "-m", "sar_lightning.evaluate", str(run.path), f"threads={job.threads}",
-                         *[arg for i, e in enumerate(evals) for arg in (["--and"] if i else []) + e]])
+        steps.append(("evaluate", run.path, [arg for i, e in enumerate(evals) for arg in (["--and"] if i else []) + e]))
     with open(log, "a") as f:
-        for i, cmd in enumerate(commands):
-            training = cmd[2] == "sar_lightning.train"
+        for i, (module, target, args) in enumerate(steps):
+            training = module == "train"
             if i:
                 tell(job.label, "waiting")  # trained; its evaluation waits for a slot
             if slots is not None and not slots.acquire((0 if training else 1, index), lambda: children.stopping):
@@ -338,7 +337,7 @@ def _run_job(job: Job, run: RunDir, progress, children: Children, cores: CoreSha
                 try:
                     threads = job.threads if training or cores is None else cores.begin(run)
                     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
-                    cmd[4] = f"threads={threads}"
+                    cmd = [sys.executable, "-m", f"sar_lightning.{module}", str(target), f"threads={threads}", *args]
                     tell(job.label, "training" if training else "evaluating")
                     f.write(f"\n$ {' '.join(cmd)}\n")
                     f.flush()
@@ -347,7 +346,7 @@ def _run_job(job: Job, run: RunDir, progress, children: Children, cores: CoreSha
                 finally:
                     if slots is not None:
                         slots.release()
-            if children.stopping and (code != 0 or i < len(commands) - 1):  # cut short, not failed
+            if children.stopping and (code != 0 or i < len(steps) - 1):  # cut short, not failed
                 state = "cancelled" if i == 0 and proc is None else "stopped"
                 f.write(f"[sweep] {'not started' if proc is None else f'stopped (exit code {code})'}: the sweep "
                         f"was interrupted by {signal.Signals(children.signum).name}\n")
