@@ -6,7 +6,8 @@ model works in generation order, a block-causal mask over contiguous sets is blo
 and with sets of size one it is plain causal. ``attend`` then uses, in order of preference:
 
 - no mask tensor at all: ``is_causal=True`` where the mask is plain causal (the AR end, K = N), none
-  where it is full, so PyTorch's flash / memory-efficient kernels apply;
+  where it is full, so PyTorch's flash / memory-efficient kernels apply; on the CPU, a few unmasked
+  queries (a cached sampling step) use two plain matrix products instead, which are faster there;
 - on CUDA, FlexAttention with a block mask built from the set ids (blocks that are all visible or all
   hidden are skipped or computed densely), compiled once per process;
 - the boolean mask, the reference path (CPU, and any other device).
@@ -100,7 +101,21 @@ def attend(q, k, v, mask: SetMask | torch.Tensor | None = None, dropout_p: float
             return _flex_attention(q, k, v, mask.block_mask(q.device))
         else:
             mask = mask.dense().to(q.device)
+    if mask is None and kernel == "auto" and q.device.type == "cpu" and q.shape[-2] <= DECODE_QUERIES \
+            and dropout_p == 0.0:
+        return _few_queries(q, k, v)
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p)
+
+
+DECODE_QUERIES = 16  # at most this many queries per call: a cached sampling step
+
+
+def _few_queries(q, k, v):
+    """Unmasked attention of a few queries (a cached sampling step) as two batched matrix products. On
+    the CPU, PyTorch's flash kernel works in blocks of queries and spends most of a one-query call on
+    per-block overhead; here the cost is the products themselves (docs/results/speed.md)."""
+    scores = (q * q.shape[-1] ** -0.5) @ k.transpose(-2, -1)
+    return scores.softmax(-1) @ v
 
 
 def _flex_attention(q, k, v, block_mask):

@@ -5,8 +5,10 @@ x ``infer.kv_cache``) it samples ``infer.num_samples`` class-balanced images (im
 ``i % classes`` and its own seed, so results do not depend on batch size or device count), computes
 FD / KID / precision / recall / class accuracy against the real reference split with one feature
 extractor, a 95% bootstrap interval of the FD over the generated samples (``fd_lo``, ``fd_hi``,
-``fd_std``; ``infer.bootstrap`` resamples, the reference held fixed), times seconds per image at a fixed
-batch size after a warm-up, and appends one row to ``runs/<run_id>/results.jsonl`` (atomically).
+``fd_std``; ``infer.bootstrap`` resamples, the reference held fixed), times seconds per image (extra
+batches of ``infer.timing_batch`` after a warm-up, or with ``infer.timing_repeats=0`` the median of the
+pass's own batches of ``infer.batch_size``; the row's ``batch_size`` says which), and appends one row
+to ``runs/<run_id>/results.jsonl`` (atomically).
 Settings already in the file are skipped. Each ``--and`` starts another evaluation of the same run with its
 own overrides, in the same process (one start-up for all of a sweep's evaluations of a run).
 Under a Lightning strategy (``trainer.devices=2 trainer.strategy=ddp``) images are split across ranks.
@@ -22,9 +24,7 @@ import time
 from contextlib import nullcontext
 from pathlib import Path
 
-import lightning as L
 import torch
-from lightning.fabric.utilities.rank_zero import _get_rank
 
 from .config import Config, ConfigError, load_config, run_id
 from .data import extractor_name, image_dataset, missing_decoder
@@ -44,11 +44,23 @@ def git_sha() -> str:
 
 @torch.no_grad()
 def sample_images(model, tokenizer, index: torch.Tensor, num_classes: int, sampler: Sampler, batch_size: int,
-                  device) -> torch.Tensor:
-    """Decoded images ``[len(index), C, H, W]`` for image indices ``index``; independent of batching."""
-    out = [tokenizer.decode(sampler.sample(model, chunk, num_classes, device).cpu()).float().clamp(0, 1)
-           for chunk in index.split(batch_size)]
+                  device, times: list | None = None) -> torch.Tensor:
+    """Decoded images ``[len(index), C, H, W]`` for image indices ``index``; independent of batching.
+    ``times`` (a list) receives ``(seconds, images)`` of each batch's sampling, decoding excluded."""
+    out = []
+    for chunk in index.split(batch_size):
+        started = _clock(device)
+        codes = sampler.sample(model, chunk, num_classes, device)
+        if times is not None:
+            times.append((_clock(device) - started, len(chunk)))
+        out.append(tokenizer.decode(codes.cpu()).float().clamp(0, 1))
     return torch.cat(out)
+
+
+def _clock(device) -> float:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return time.perf_counter()
 
 
 def seconds_per_image(model, num_classes: int, sampler: Sampler, batch: int, repeats: int, device) -> float:
@@ -56,15 +68,18 @@ def seconds_per_image(model, num_classes: int, sampler: Sampler, batch: int, rep
     labels, kwargs = sampler.request(model, torch.arange(batch), num_classes, device)
     times = []
     for i in range(repeats + 1):
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        start = time.perf_counter()
+        start = _clock(device)
         generate(model, labels, **kwargs)
-        if device.type == "cuda":
-            torch.cuda.synchronize()
         if i:  # the first call is the warm-up
-            times.append(time.perf_counter() - start)
+            times.append(_clock(device) - start)
     return statistics.median(times) / batch
+
+
+def pass_seconds_per_image(times: list[tuple[float, int]]) -> float:
+    """Seconds per image of an evaluation's own sampling pass (``infer.timing_repeats = 0``): the median
+    over its full-size batches (the last, smaller one only when it is the only one)."""
+    full = [t / n for t, n in times if n == times[0][1]] or [t / n for t, n in times]
+    return statistics.median(full)
 
 
 def settings_grid(cfg: Config, num_tokens: int, ckpt_step: int, ema: bool, extractor: str) -> list[dict]:
@@ -138,11 +153,15 @@ def evaluate(run_dir: str | Path, overrides: list[str] | tuple = ()) -> list[dic
                           f"not what was trained (run id {run_id(cfg)} != {run.name})")
     if cfg.threads > 0:
         torch.set_num_threads(cfg.threads)
+    from lightning.fabric.utilities.rank_zero import _get_rank  # here: a sweep reading settings skips Lightning
+
     with run.lock("evaluated") if _get_rank() in (None, 0) else nullcontext():
         return _evaluate(run, cfg)
 
 
 def _evaluate(run: RunDir, cfg: Config) -> list[dict]:
+    import lightning as L
+
     from .data import decoder_for
     from .metrics import compute_metrics, reference_features
 
@@ -173,13 +192,16 @@ def _evaluate(run: RunDir, cfg: Config) -> list[dict]:
             run.adopt_threads()  # a sweep may have freed cores for this run
         sampler = Sampler.from_row(setting)
         index = torch.arange(rank * per_rank, (rank + 1) * per_rank).clamp_max(cfg.infer.num_samples - 1)
-        started = time.perf_counter()
+        started, times = time.perf_counter(), []
         images = sample_images(model, tokenizer, index, info["num_classes"], sampler, cfg.infer.batch_size,
-                               fabric.device)
+                               fabric.device, times)
         sample_seconds = time.perf_counter() - started
         gathered = fabric.all_gather(images.to(fabric.device))  # (world, per_rank, C, H, W) or per_rank...
-        sec = seconds_per_image(model, info["num_classes"], sampler, cfg.infer.timing_batch,
-                                cfg.infer.timing_repeats, fabric.device)
+        if cfg.infer.timing_repeats:  # extra batches of timing_batch, after a warm-up
+            sec = seconds_per_image(model, info["num_classes"], sampler, cfg.infer.timing_batch,
+                                    cfg.infer.timing_repeats, fabric.device)
+        else:  # the pass just made, at infer.batch_size
+            sec = pass_seconds_per_image(times)
         if rank != 0:
             continue
         images = gathered.reshape(-1, *images.shape[1:])[: cfg.infer.num_samples].cpu()
@@ -194,7 +216,8 @@ def _evaluate(run: RunDir, cfg: Config) -> list[dict]:
                    train_seed=cfg.train.seed, **setting, fd=m["fd"], fd_lo=m.get("fd_lo"), fd_hi=m.get("fd_hi"),
                    fd_std=m.get("fd_std"), kid=m.get("kid"), kid_std=m.get("kid_std"),
                    precision=m.get("precision"), recall=m.get("recall"), class_acc=m.get("class_acc"),
-                   sec_per_image=sec, batch_size=cfg.infer.timing_batch, device=str(fabric.device),
+                   sec_per_image=sec, device=str(fabric.device),
+                   batch_size=cfg.infer.timing_batch if cfg.infer.timing_repeats else cfg.infer.batch_size,
                    world_size=world, reference_name=reference, git_sha=git_sha(),
                    sample_seconds=sample_seconds, metric_seconds=metric_seconds,
                    bootstrap_seconds=m.get("bootstrap_seconds"), bootstrap=cfg.infer.bootstrap)

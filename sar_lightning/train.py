@@ -20,7 +20,8 @@ from lightning.pytorch.loggers import TensorBoardLogger
 
 from .callbacks import FinalCheckpoint, HParamsDeclaration, ProgressFile, SampleGrids, flat_hparams
 from .config import Config, load_config, run_id, to_dict, to_yaml
-from .data import SARDataModule, data_info, decoder_for, extractor_name, missing_decoder
+from .data import data_info, decoder_for, extractor_name, missing_decoder
+from .datamodule import SARDataModule
 from .files import atomic_write_text
 from .module import SARLightningModule
 from .runs import RunDir, RunStopped, fd_tag, run_cli

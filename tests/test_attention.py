@@ -74,6 +74,20 @@ def test_model_logits_match_the_reference_path(kernel, name, mode, iv):
     torch.testing.assert_close(model(tokens, labels, order, intervals), ref, atol=1e-5, rtol=1e-4)
 
 
+@pytest.mark.parametrize("queries, keys", [(1, 1), (1, 37), (4, 20), (16, 64), (17, 64)])
+def test_few_unmasked_queries_match_the_flash_kernel(queries, keys):
+    """A cached sampling step's attention (no mask, few queries): the matrix-product path on the CPU gives
+    what PyTorch's kernel gives, over a cache slice as the KV cache hands it out."""
+    g = torch.Generator().manual_seed(queries)
+    q = torch.randn(5, 4, queries, 16, generator=g)
+    cache_k, cache_v = torch.randn(2, 5, 4, 80, 16, generator=g)
+    k, v = cache_k[:, :, :keys], cache_v[:, :, :keys]  # non-contiguous views, as KVSlot.append returns
+    ref = F.scaled_dot_product_attention(q, k, v)
+    torch.testing.assert_close(attend(q, k, v), ref, atol=1e-5, rtol=1e-5)
+    attention.kernel = "dense"
+    assert torch.equal(attend(q, k, v), ref)  # the reference path is PyTorch's own kernel
+
+
 def test_a_bad_rule_is_refused():
     with pytest.raises(ValueError, match="valid"):
         SetMask(torch.arange(3), torch.arange(3), "ge")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import shutil
 import subprocess
 import sys
 
@@ -13,7 +14,8 @@ from conftest import REPO, SMOKE
 
 from sar_lightning.config import ConfigError, load_config
 from sar_lightning.data import decoder_for
-from sar_lightning.evaluate import evaluate, main, sample_images
+from sar_lightning import evaluate as evaluate_module
+from sar_lightning.evaluate import evaluate, main, pass_seconds_per_image, sample_images
 from sar_lightning.runs import RESULTS, load_model, read_results
 from sar_lightning.sampling import Sampler
 from sar_lightning.train import train
@@ -31,6 +33,22 @@ def run_dir(tmp_path_factory):
     cfg = load_config(SMOKE, [f"root={root}", "train.max_steps=30", "train.val_every=30", "train.ckpt_every=30",
                               "train.sample_steps=[4]", "trainer.enable_progress_bar=false"])
     return train(cfg)
+
+
+def test_timing_repeats_zero_times_the_pass_itself(run_dir, tmp_path, monkeypatch):
+    """infer.timing_repeats=0: seconds per image come from the evaluation's own batches, with no extra
+    sampling, and the row says which batch size they were measured at."""
+    def no_extra_batches(*args, **kwargs):
+        raise AssertionError("timing_repeats=0 must not sample extra timing batches")
+
+    monkeypatch.setattr(evaluate_module, "seconds_per_image", no_extra_batches)
+    run = shutil.copytree(run_dir, tmp_path / run_dir.name)  # the module's run keeps its own results
+    rows = evaluate(run, ["infer.num_samples=50", "infer.batch_size=16", "infer.timing_repeats=0",
+                              "infer.num_steps=[2]", "infer.seed=7"])
+    assert len(rows) == 1 and rows[0]["batch_size"] == 16 and rows[0]["sec_per_image"] > 0
+    # the median over full batches: the last, smaller one (2 images) is left out unless it is the only one
+    assert pass_seconds_per_image([(1.6, 16), (9.0, 16), (1.6, 16), (5.0, 2)]) == pytest.approx(0.1)
+    assert pass_seconds_per_image([(0.5, 5)]) == pytest.approx(0.1)
 
 
 def test_evaluate_writes_rows_then_skips_and_adds_only_new_settings(run_dir, capsys):

@@ -1,7 +1,7 @@
 """Exact resume: a run killed after a checkpoint and resumed ends bit-identical to the uninterrupted run.
 
 Everything random in a training step is a function of (seed, rank, global step): the data order
-(``data.StepSampler``), the orders and intervals, the label dropout and the model dropout
+(``datamodule.StepSampler``), the orders and intervals, the label dropout and the model dropout
 (``SARLightningModule.train_batch``). A resumed process therefore draws what the uninterrupted one drew.
 """
 
@@ -18,7 +18,8 @@ from conftest import REPO, SMOKE
 from torch.utils.data import TensorDataset
 
 from sar_lightning.config import load_config, to_dict
-from sar_lightning.data import SARDataModule, StepSampler, data_info
+from sar_lightning.data import data_info
+from sar_lightning.datamodule import SARDataModule, StepSampler
 from sar_lightning.module import SARLightningModule
 from sar_lightning.train import train
 

@@ -165,7 +165,8 @@ def test_two_process_ddp_on_cpu(tmp_path):
 @pytest.mark.slow
 def test_small_model_validation_loss_drops_on_digits(tmp_path):
     from sar_lightning.config import to_dict
-    from sar_lightning.data import SARDataModule, data_info
+    from sar_lightning.data import data_info
+    from sar_lightning.datamodule import SARDataModule
     from sar_lightning.module import SARLightningModule
 
     cfg = load_config(REPO / "experiments" / "digits_sar_ts.yaml",
