@@ -200,8 +200,9 @@ def metrics_from_features(
                 normalize=True,
                 sync_on_compute=False,
             ).to(fake.device)
-            kid.update(real, real=True)
-            kid.update(fake, real=False)
+            # float32: the same KID to ~6 digits, a third of float64's time (100 subsets of polynomial kernels)
+            kid.update(real.float(), real=True)
+            kid.update(fake.float(), real=False)
             kid_mean, kid_std = kid.compute()
         out["kid"], out["kid_std"] = kid_mean.item(), kid_std.item()
 

@@ -123,7 +123,10 @@ class SARLightningModule(L.LightningModule):
         params = [p for p in self.parameters() if p.requires_grad]
         groups = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": t.weight_decay},
                   {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
-        opt = torch.optim.AdamW(groups, lr=t.lr, betas=tuple(t.betas))
+        # fused: one kernel for all tensors (CPU and CUDA; the per-tensor loop was 2% of a 2-core CPU step).
+        # Not under mixed precision, where Lightning's gradient clipping refuses an optimizer that unscales.
+        fused = True if self.device.type in ("cpu", "cuda") and "mixed" not in str(t.precision) else None
+        opt = torch.optim.AdamW(groups, lr=t.lr, betas=tuple(t.betas), fused=fused)
 
         def factor(step: int) -> float:
             if step < t.warmup_steps:

@@ -12,9 +12,9 @@ import pytest
 import torch
 from conftest import REPO, SMOKE
 
+from sar_lightning import evaluate as evaluate_module
 from sar_lightning.config import ConfigError, load_config
 from sar_lightning.data import decoder_for
-from sar_lightning import evaluate as evaluate_module
 from sar_lightning.evaluate import evaluate, main, pass_seconds_per_image, sample_images
 from sar_lightning.runs import RESULTS, load_model, read_results
 from sar_lightning.sampling import Sampler
