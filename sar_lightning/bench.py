@@ -4,7 +4,8 @@ Times ``generate`` for the ``small`` FMT (random init, eval, float32, 8x8 grid, 
 with K = 4, 16, 64 uniform sets in a random order, with and without the KV cache, and one
 teacher-forced forward over the whole sequence (random-16 intervals): the floor, since a cached
 sampler passes each token through the encoder and each query through the decoder once. Seconds per
-image at a fixed batch, median of ``--repeats`` after one warm-up call each. Targets: cached K = 16
+image at a fixed batch, median of ``--repeats`` rounds after one warm-up call each; every round times each
+configuration once, in turn, so that ratios are fair on a machine whose speed drifts. Targets: cached K = 16
 within 2x of the forward; the cache at least 4x faster than recomputation at K = 64.
 
 With ``--train`` it measures training throughput instead (tokens per second of one AdamW step,
@@ -33,13 +34,22 @@ STEPS = (4, 16, 64)
 
 def timed(fn, repeats: int) -> float:
     """Median wall time of ``fn()`` over ``repeats`` calls, after one warm-up call."""
-    fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
+    return interleaved({"fn": fn}, repeats)["fn"]
+
+
+def interleaved(fns: dict, repeats: int) -> dict[str, float]:
+    """Median wall time of each ``fns[name]()`` over ``repeats`` rounds, after one warm-up call each. Every
+    round calls each function once, in turn, so a machine that slows down or speeds up during the
+    measurement moves all of them alike and their ratios stay fair (this 2-core machine drifts 10-30%)."""
+    for fn in fns.values():
         fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    times = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(t) for name, t in times.items()}
 
 
 @torch.inference_mode()
@@ -53,15 +63,14 @@ def measure(batch: int = 64, repeats: int = 3) -> dict[str, float]:
     tokens = torch.randint(0, model.config.vocab_size, (batch, n), generator=g)
     order = make_order("random", model.height, model.width, batch, generator=g)
     intervals = make_intervals("random", n, 16, generator=g)
-    out = {"forward": timed(lambda: model(tokens, labels, order, intervals), repeats) / batch}
+    fns = {"forward": partial(model, tokens, labels, order, intervals)}
     index = torch.arange(batch)
     for k in STEPS:
         for cache in (True, False):
             sampler = Sampler("random", "uniform", k, kv_cache=cache, seed=1)
             labels, kwargs = sampler.request(model, index, model.config.num_classes)
-            out[f"{'cached' if cache else 'uncached'}_K{k}"] = timed(partial(generate, model, labels, **kwargs),
-                                                                      repeats) / batch
-    return out
+            fns[f"{'cached' if cache else 'uncached'}_K{k}"] = partial(generate, model, labels, **kwargs)
+    return {name: t / batch for name, t in interleaved(fns, repeats).items()}
 
 
 def flops(fn) -> int:
@@ -81,7 +90,7 @@ def measure_ar_end(batch: int = 32, repeats: int = 3, sides=(8, 16)) -> list[dic
     rows = []
     for side in sides:
         n, vocab = side * side, 17 if side <= 8 else 256
-        row = {"grid": f"{side}x{side}"}
+        row, fns = {"grid": f"{side}x{side}"}, {}
         for name in ("small", "gpt-small"):
             torch.manual_seed(0)
             model = build_model(name, vocab_size=vocab, height=side, width=side).eval()
@@ -89,8 +98,8 @@ def measure_ar_end(batch: int = 32, repeats: int = 3, sides=(8, 16)) -> list[dic
             labels, kwargs = Sampler("raster", "uniform", n, seed=1).request(model, torch.arange(batch), 10)
             forward = partial(model, tokens, labels, kwargs["order"], [1] * n)
             row[f"{name}_flops"] = flops(forward) / batch
-            row[f"{name}_forward"] = timed(forward, repeats) / batch
-            row[f"{name}_sample"] = timed(partial(generate, model, labels, **kwargs), repeats) / batch
+            fns[f"{name}_forward"], fns[f"{name}_sample"] = forward, partial(generate, model, labels, **kwargs)
+        row.update({key: t / batch for key, t in interleaved(fns, repeats).items()})  # FMT and GPT in turn
         rows.append(row)
     return rows
 
@@ -155,17 +164,18 @@ def matmul_peak(size: int = 1024, repeats: int = 5) -> float:
 def measure_training(batch: int = 64, repeats: int = 3) -> dict[str, dict]:
     """Per setup of ``TRAIN_SETUPS`` (intervals redrawn every step): tokens per second and FLOP/s of one
     AdamW step (forward + backward, FLOPs counted by PyTorch on one step)."""
-    out = {}
+    steps, counted = {}, {}
     for name, (size, order_name, schedule, k) in TRAIN_SETUPS.items():
         torch.manual_seed(0)
         model = build_model(size, vocab_size=17, height=8, width=8, first_set_loss=schedule != "mar")
         g = torch.Generator().manual_seed(0)
         tokens = torch.randint(0, 17, (batch, model.num_tokens), generator=g)
-        step = partial(_train_step, model, torch.optim.AdamW(model.parameters(), lr=1e-4), tokens,
-                       torch.arange(batch) % 10, order_name, schedule, k, g)
-        seconds = timed(step, repeats)
-        out[name] = {"tokens_per_s": batch * model.num_tokens / seconds, "flop_per_s": flops(step) / seconds}
-    return out
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)  # as module.configure_optimizers on CPU
+        steps[name] = partial(_train_step, model, opt, tokens, torch.arange(batch) % 10, order_name, schedule, k, g)
+        counted[name] = (batch * model.num_tokens, flops(steps[name]))
+    seconds = interleaved(steps, repeats)  # every setup once per round: drift moves them alike
+    return {name: {"tokens_per_s": tokens / seconds[name], "flop_per_s": ops / seconds[name]}
+            for name, (tokens, ops) in counted.items()}
 
 
 def report_training(t: dict[str, dict], batch: int, peak: float) -> str:

@@ -2,7 +2,15 @@
 
 import torch
 
-from sar_lightning.bench import flops, matmul_peak, measure_ar_end, measure_training, report_ar_end, report_training
+from sar_lightning.bench import (
+    flops,
+    interleaved,
+    matmul_peak,
+    measure_ar_end,
+    measure_training,
+    report_ar_end,
+    report_training,
+)
 from sar_lightning.model import build_model
 
 
@@ -26,3 +34,10 @@ def test_training_report_has_the_fraction_of_the_matmul_peak():
     assert set(t) == {"raster-64-ar", "random-16-random", "random-2-mar", "gpt-small (raster)"}
     assert all(v["tokens_per_s"] > 0 and 0 < v["flop_per_s"] for v in t.values())
     assert "of peak" in report_training(t, 4, peak)
+
+
+def test_interleaved_timing_takes_turns():
+    """One warm-up call each, then rounds that call every configuration once: drift hits all alike."""
+    calls = []
+    t = interleaved({"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}, repeats=3)
+    assert calls == ["a", "b"] * 4 and set(t) == {"a", "b"} and all(v >= 0 for v in t.values())
