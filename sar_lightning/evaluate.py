@@ -198,10 +198,11 @@ def _evaluate(run: RunDir, cfg: Config) -> list[dict]:
         sample_seconds = time.perf_counter() - started
         gathered = fabric.all_gather(images.to(fabric.device))  # (world, per_rank, C, H, W) or per_rank...
         if cfg.infer.timing_repeats:  # extra batches of timing_batch, after a warm-up
-            sec = seconds_per_image(model, info["num_classes"], sampler, cfg.infer.timing_batch,
-                                    cfg.infer.timing_repeats, fabric.device)
+            timed_batch = cfg.infer.timing_batch
+            sec = seconds_per_image(model, info["num_classes"], sampler, timed_batch, cfg.infer.timing_repeats,
+                                    fabric.device)
         else:  # the pass just made, at infer.batch_size
-            sec = pass_seconds_per_image(times)
+            timed_batch, sec = cfg.infer.batch_size, pass_seconds_per_image(times)
         if rank != 0:
             continue
         images = gathered.reshape(-1, *images.shape[1:])[: cfg.infer.num_samples].cpu()
@@ -216,9 +217,8 @@ def _evaluate(run: RunDir, cfg: Config) -> list[dict]:
                    train_seed=cfg.train.seed, **setting, fd=m["fd"], fd_lo=m.get("fd_lo"), fd_hi=m.get("fd_hi"),
                    fd_std=m.get("fd_std"), kid=m.get("kid"), kid_std=m.get("kid_std"),
                    precision=m.get("precision"), recall=m.get("recall"), class_acc=m.get("class_acc"),
-                   sec_per_image=sec, device=str(fabric.device),
-                   batch_size=cfg.infer.timing_batch if cfg.infer.timing_repeats else cfg.infer.batch_size,
-                   world_size=world, reference_name=reference, git_sha=git_sha(),
+                   sec_per_image=sec, batch_size=timed_batch, device=str(fabric.device), world_size=world,
+                   reference_name=reference, git_sha=git_sha(),
                    sample_seconds=sample_seconds, metric_seconds=metric_seconds,
                    bootstrap_seconds=m.get("bootstrap_seconds"), bootstrap=cfg.infer.bootstrap)
         row["num_samples"] = len(images)

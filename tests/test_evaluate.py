@@ -44,7 +44,7 @@ def test_timing_repeats_zero_times_the_pass_itself(run_dir, tmp_path, monkeypatc
     monkeypatch.setattr(evaluate_module, "seconds_per_image", no_extra_batches)
     run = shutil.copytree(run_dir, tmp_path / run_dir.name)  # the module's run keeps its own results
     rows = evaluate(run, ["infer.num_samples=50", "infer.batch_size=16", "infer.timing_repeats=0",
-                              "infer.num_steps=[2]", "infer.seed=7"])
+                          "infer.num_steps=[2]", "infer.seed=7"])
     assert len(rows) == 1 and rows[0]["batch_size"] == 16 and rows[0]["sec_per_image"] > 0
     # the median over full batches: the last, smaller one (2 images) is left out unless it is the only one
     assert pass_seconds_per_image([(1.6, 16), (9.0, 16), (1.6, 16), (5.0, 2)]) == pytest.approx(0.1)
