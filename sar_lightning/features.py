@@ -25,9 +25,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from .datasets import dataset_info, load_images
-from .files import atomic_write, safe_load
+from .files import atomic_write, default_cache_root, safe_load
 
-CACHE_ENV = "SAR_CACHE"
 CLASSIFIER_VERSION = 2  # bump when the architecture or the recipe changes: old cache files are ignored
 # Per data set (architecture + training): ~3 s for digits (99% val), ~1 min for Fashion-MNIST (91% val)
 # on one CPU thread. The recipe is stored in the cache record and rebuilds the network on load.
@@ -43,13 +42,6 @@ INCEPTION_WEIGHTS_URL = (
 )
 INCEPTION_CONFIG_KEY = "infer.inception_weights"
 REFERENCE_CONFIG_KEY = "infer.reference_stats"
-
-
-def default_cache_root(cache_root: str | os.PathLike | None = None) -> Path:
-    """``cache_root``, else ``$SAR_CACHE``, else ``~/.cache/sar-lightning``."""
-    if cache_root is not None:
-        return Path(cache_root)
-    return Path(os.environ.get(CACHE_ENV, Path.home() / ".cache" / "sar-lightning"))
 
 
 # ------------------------------------------------------------------------------ classifier extractor

@@ -18,6 +18,17 @@ def _umask() -> int:
     return mask
 
 
+CACHE_ENV = "SAR_CACHE"
+
+
+def default_cache_root(cache_root: str | os.PathLike | None = None) -> Path:
+    """``cache_root``, else ``$SAR_CACHE``, else ``~/.cache/sar-lightning``: derived files kept between runs
+    (trained feature classifiers, data splits)."""
+    if cache_root is not None:
+        return Path(cache_root)
+    return Path(os.environ.get(CACHE_ENV, Path.home() / ".cache" / "sar-lightning"))
+
+
 UMASK = _umask()  # files get 0o666 & ~umask (0644 by default), as open() would give them
 
 

@@ -15,10 +15,10 @@ from pathlib import Path
 import lightning as L
 import torch
 from lightning.fabric.utilities.rank_zero import _get_rank
-from lightning.pytorch.callbacks import EMAWeightAveraging, LearningRateMonitor, ModelCheckpoint
+from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.loggers import TensorBoardLogger
 
-from .callbacks import FinalCheckpoint, HParamsDeclaration, ProgressFile, SampleGrids, flat_hparams
+from .callbacks import EMA, FinalCheckpoint, HParamsDeclaration, ProgressFile, SampleGrids, flat_hparams
 from .config import Config, load_config, run_id, to_dict, to_yaml
 from .data import data_info, decoder_for, extractor_name, missing_decoder
 from .datamodule import SARDataModule
@@ -69,7 +69,7 @@ def _fit(cfg: Config, run: RunDir, info: dict, resume: bool) -> None:
                  HParamsDeclaration(flat_hparams(to_dict(cfg)), metric_keys(cfg)),
                  LearningRateMonitor(logging_interval="step"), ProgressFile(run, t.log_every)]
     if t.ema_decay > 0:
-        callbacks.append(EMAWeightAveraging(decay=t.ema_decay, update_starting_at_step=t.ema_start_step))
+        callbacks.append(EMA(t.ema_decay, t.ema_start_step))
     callbacks += [FinalCheckpoint(run.checkpoints, t.max_steps, t.ckpt_every),
                   ModelCheckpoint(dirpath=run.checkpoints, filename="step{step:06d}", auto_insert_metric_name=False,
                                   every_n_train_steps=t.ckpt_every, save_top_k=-1, save_last=True)]

@@ -39,6 +39,33 @@ def test_digits_split_deterministic_and_disjoint():
     assert _sorted_rows(torch.cat([a, v])) == _sorted_rows(full)
 
 
+def test_digits_split_cache_equals_scikit_learn_and_survives_a_broken_file(tmp_path, monkeypatch):
+    """The split is built from scikit-learn once, kept as .npz, then read without it: cached == uncached.
+    A truncated cache file is rebuilt, never trusted."""
+    from sar_lightning import datasets
+
+    fresh = datasets._digits_split(2)
+    built = {s: load_images("digits", s, seed=2, root=tmp_path) for s in ("train", "val")}
+    cache = tmp_path / "digits_split_seed2.npz"
+    assert cache.exists() and [p.name for p in tmp_path.iterdir()] == [cache.name]  # no temporary left
+
+    def no_sklearn(seed):
+        raise AssertionError("the cached split must be read without scikit-learn")
+
+    monkeypatch.setattr(datasets, "_digits_split", no_sklearn)
+    for split in ("train", "val"):
+        images, labels = load_images("digits", split, seed=2, root=tmp_path)
+        assert torch.equal(images, built[split][0]) and torch.equal(labels, built[split][1])
+        assert torch.equal(images, torch.from_numpy(fresh[f"{split}_images"]).float().div(16).unsqueeze(1))
+        assert torch.equal(labels, torch.from_numpy(fresh[f"{split}_labels"]))
+    cache.write_bytes(cache.read_bytes()[:100])  # a crash mid-copy, or a disk that filled up
+    with pytest.raises(AssertionError, match="without scikit-learn"):
+        load_images("digits", "train", seed=2, root=tmp_path)
+    monkeypatch.undo()
+    assert torch.equal(load_images("digits", "train", seed=2, root=tmp_path)[0], built["train"][0])
+    assert datasets._read_digits_cache(cache) is not None  # rewritten whole
+
+
 def test_unknown_name_and_split():
     with pytest.raises(KeyError, match="digits"):
         load_images("no_such_data", "train")

@@ -9,13 +9,17 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
+import lightning as L
 import numpy as np
 import pytest
 import torch
 from conftest import REPO, SMOKE
+from lightning.pytorch.callbacks import EMAWeightAveraging
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from sar_lightning.callbacks import EMA
 from sar_lightning.config import ConfigError, load_config, run_id
 from sar_lightning.train import main, train
 
@@ -92,6 +96,8 @@ def test_smoke_fit_writes_config_checkpoints_logs_and_skips_when_done(tmp_path, 
     assert ckpt["global_step"] == 8 and "current_model_state" in ckpt  # EMA and raw weights both kept
     ea = _scalars(run / "tb")
     assert {"train/loss", "train/acc", "val/loss", "val/acc"} <= set(ea.Tags()["scalars"])
+    # training scalars on every log_every-th step (training_step logs only those: the others were dropped)
+    assert [e.step for e in ea.Scalars("train/loss")] == [e.step for e in ea.Scalars("train/acc")] == [1, 3, 5, 7]
     assert "samples/steps_064" in ea.Tags()["images"]
     assert [d.name for d in run.iterdir() if d.name.startswith("version")] == []
     assert list((run / "samples").glob("*.png"))
@@ -188,3 +194,37 @@ def test_bf16_mixed_precision_from_config(tmp_path):
     run = train(cfg)
     assert json.loads((run / "done.json").read_text())["global_step"] == 4
     assert np.isfinite(json.loads((run / "done.json").read_text())["val_loss"])
+
+
+class _Linear(L.LightningModule):
+    def __init__(self):
+        super().__init__()
+        self.layer = torch.nn.Linear(4, 3)
+
+
+def test_ema_callback_is_lightnings_average_in_one_foreach_update():
+    """``EMA`` (one foreach lerp per step) keeps the average Lightning's per-tensor ``EMAWeightAveraging``
+    keeps, from the same start step; before it, the average is not updated."""
+    torch.manual_seed(0)
+    ours, module = EMA(0.9, start_step=2), _Linear()
+    lightnings = EMAWeightAveraging(decay=0.9, update_starting_at_step=2)
+    for cb in (ours, lightnings):
+        cb.setup(None, module, "fit")
+    expected = None
+    for step in range(1, 7):
+        with torch.no_grad():
+            for p in module.parameters():
+                p.add_(torch.randn_like(p))
+        for cb in (ours, lightnings):
+            cb.on_train_batch_end(SimpleNamespace(global_step=step), module, None, None, step - 1)
+        if step == 3:  # step index 2: the first update copies the weights
+            expected = [p.detach().clone() for p in module.parameters()]
+        elif step > 3:
+            expected = [0.9 * e + 0.1 * p.detach() for e, p in zip(expected, module.parameters())]
+        if step < 3:
+            assert int(ours._average_model.n_averaged) == 0
+        else:
+            for e, a, b in zip(expected, ours._average_model.module.parameters(),
+                               lightnings._average_model.module.parameters()):
+                torch.testing.assert_close(a, e, rtol=1e-6, atol=1e-6)
+                torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6)
