@@ -15,8 +15,9 @@ so each replica has its own training draws and its own samples. Replicas share t
 
 Finished runs are skipped, interrupted ones resume from their last checkpoint, evaluation only
 samples the settings missing from each run's results. Jobs run as subprocesses or through submitit
-(``--launcher slurm`` on a cluster, ``submitit-local``). A job is two processes: training, then one
-evaluation process for all of the grid's evaluations. Locally at most ``--jobs`` processes run at once
+(``--launcher slurm`` on a cluster, ``submitit-local``). A job is two steps: training, then one
+evaluation for all of the grid's evaluations; locally both run in one process (``train --then-evaluate``:
+the imports are paid once), elsewhere in two. Locally at most ``--jobs`` steps run at once
 (``Slots``): every run's training is started before any evaluation (the long tasks first, so the sweep
 ends with short ones), each training with a fixed share of the cores (``cores // jobs`` threads, so a
 run's weights never depend on the sweep's timing); an evaluation takes the cores the others leave
@@ -327,7 +328,16 @@ def _run_job(job: Job, run: RunDir, progress, children: Children, cores: CoreSha
     if evals:  # one process for all of them: "a=1 --and b=2"
         steps.append(("evaluate", run.path, [arg for i, e in enumerate(evals) for arg in (["--and"] if i else []) + e]))
     with open(log, "a") as f:
-        for i, (module, target, args) in enumerate(steps):
+        first = 0
+        # A local sweep's run to train and evaluate: one process (a done.json without a checkpoint: two)
+        if slots is not None and len(steps) == 2 and not run.done.exists():
+            state = _train_then_evaluate(job, run, f, tell, children, cores, slots, index, *steps, evals)
+            if state is not None:
+                tell(job.label, state)
+                return _outcome(job, _DONE[status] if state == "done" else state, log, start, status)
+            # trained, not evaluated (it trained on several devices): the evaluation gets a process of its own
+            steps, first = (steps[1:] if _evaluation_left(run, evals) else []), 1
+        for i, (module, target, args) in enumerate(steps, first):
             training = module == "train"
             if i:
                 tell(job.label, "waiting")  # trained; its evaluation waits for a slot
@@ -336,27 +346,102 @@ def _run_job(job: Job, run: RunDir, progress, children: Children, cores: CoreSha
             else:
                 try:
                     threads = job.threads if training or cores is None else cores.begin(run)
-                    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
                     cmd = [sys.executable, "-m", f"sar_lightning.{module}", str(target), f"threads={threads}", *args]
                     tell(job.label, "training" if training else "evaluating")
                     f.write(f"\n$ {' '.join(cmd)}\n")
                     f.flush()
-                    proc = children.start(cmd, stdout=f, stderr=subprocess.STDOUT, env=env)
+                    proc = children.start(cmd, stdout=f, stderr=subprocess.STDOUT, env=_thread_env(threads))
                     code = None if proc is None else children.wait(proc)
                 finally:
                     if slots is not None:
                         slots.release()
-            if children.stopping and (code != 0 or i < len(steps) - 1):  # cut short, not failed
+            if children.stopping and (code != 0 or i < len(steps) - 1 + first):  # cut short, not failed
                 state = "cancelled" if i == 0 and proc is None else "stopped"
-                f.write(f"[sweep] {'not started' if proc is None else f'stopped (exit code {code})'}: the sweep "
-                        f"was interrupted by {signal.Signals(children.signum).name}\n")
+                _log_interrupted(f, children, proc, code)
                 tell(job.label, state)
                 return _outcome(job, state, log, start, status)
             if code != 0:
                 tell(job.label, "failed")
                 return _outcome(job, "failed", log, start, status)
     tell(job.label, "done")
-    return _outcome(job, {"done": "skipped (done)", "partial": "resumed", "new": "trained"}[status], log, start, status)
+    return _outcome(job, _DONE[status], log, start, status)
+
+
+_DONE = {"done": "skipped (done)", "partial": "resumed", "new": "trained"}
+
+
+def _thread_env(threads: int) -> dict:
+    return {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+
+
+def _log_interrupted(f, children: Children, proc, code) -> None:
+    f.write(f"[sweep] {'not started' if proc is None else f'stopped (exit code {code})'}: the sweep "
+            f"was interrupted by {signal.Signals(children.signum).name}\n")
+    f.flush()
+
+
+def _evaluation_left(run: RunDir, evals: list[list[str]]) -> bool:
+    return any(pending_settings(run.path, e) != 0 for e in evals)
+
+
+def _train_then_evaluate(job: Job, run: RunDir, f, tell, children: Children, cores: CoreShare | None, slots: Slots,
+                         index: int, train: tuple, evaluate: tuple, evals: list[list[str]]) -> str | None:
+    """Train a run and evaluate it in one process (``train ... --then-evaluate <evaluate arguments>``), so the
+    run pays the ~7 s of imports (torch, Lightning, torchmetrics) once instead of twice. Scheduling is as for
+    two processes: the training holds a training slot; once trained, the process waits holding none until
+    the job is given an evaluation slot, and then reads its evaluation's thread count from stdin (closed
+    without one: it exits, the run stays trained and unevaluated, and the next sweep evaluates it).
+
+    Returns the job's state when it ends here (``done``, ``failed``, ``stopped``, ``cancelled``), or None
+    when the process trained and exited without evaluating (a training on several devices does)."""
+    from .train import THEN_EVALUATE
+
+    (_, config, train_args), (_, _, eval_args) = train, evaluate
+    stopping = lambda: children.stopping  # noqa: E731
+    if not slots.acquire((0, index), stopping):
+        _log_interrupted(f, children, None, None)
+        return "cancelled"
+    try:
+        cmd = [sys.executable, "-m", "sar_lightning.train", str(config), f"threads={job.threads}", *train_args,
+               THEN_EVALUATE, *eval_args]
+        tell(job.label, "training")
+        f.write(f"\n$ {' '.join(cmd)}\n")
+        f.flush()
+        proc = children.start(cmd, stdout=f, stderr=subprocess.STDOUT, stdin=subprocess.PIPE,
+                              env=_thread_env(job.threads))
+        while proc is not None and proc.poll() is None and not run.done.exists():
+            time.sleep(0.2)  # done.json is written when training ends; then the process waits for its slot
+    finally:
+        slots.release()
+    if proc is not None and proc.poll() is None:
+        tell(job.label, "waiting")
+        given = slots.acquire((1, index), stopping)
+        try:
+            threads = None
+            if given and not children.stopping:  # as children.start: nothing begins once the sweep stops
+                threads = cores.begin(run) if cores is not None else job.threads
+                tell(job.label, "evaluating")
+                f.write(f"[sweep] evaluating in the training process with {threads} thread(s)\n")
+                f.flush()
+            try:
+                if threads is not None:
+                    proc.stdin.write(f"{threads}\n".encode())
+                proc.stdin.close()  # no thread count: it leaves the evaluation to the next sweep
+            except BrokenPipeError:
+                pass  # it has already ended (a stop)
+            code = children.wait(proc)
+        finally:
+            if given:
+                slots.release()
+    else:
+        code = None if proc is None else children.wait(proc)
+    left = code != 0 or _evaluation_left(run, evals)
+    if children.stopping and left:
+        _log_interrupted(f, children, proc, code)
+        return "cancelled" if proc is None else "stopped"
+    if code != 0:
+        return "failed"
+    return None if left else "done"
 
 
 def launch(jobs: list[Job], n_parallel: int, launcher: str, folder: Path, slurm: dict, title: str = "",

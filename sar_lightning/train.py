@@ -33,9 +33,17 @@ def metric_keys(cfg: Config) -> list[str]:
     return keys + [fd_tag(extractor_name(cfg.data), k) for k in cfg.infer.num_steps]
 
 
+THEN_EVALUATE = "--then-evaluate"  # train ... --then-evaluate <evaluate overrides>: a local sweep's job
+
+
 def train(cfg: Config) -> Path:
     """Train (or resume, or skip) the run of ``cfg``; return its folder. The run's lock is held throughout
     (by rank 0 under DDP), so a second process on the same run stops with ``RunBusy``."""
+    return _train(cfg)[0]
+
+
+def _train(cfg: Config) -> tuple[Path, int]:
+    """``train``, and how many processes trained (1 for a run skipped as finished)."""
     if cfg.threads > 0:
         torch.set_num_threads(cfg.threads)
     info = data_info(cfg.data)
@@ -45,7 +53,7 @@ def train(cfg: Config) -> Path:
         status = run.status()
         if status == "done":
             print(f"[train] {rid}: already finished ({run.done}); skipping")
-            return run.path
+            return run.path, 1
         if status == "partial":
             run.check_checkpoint(run.last)  # a truncated last.ckpt: say so, and offer an intact snapshot
         elif run.done.exists():
@@ -54,11 +62,11 @@ def train(cfg: Config) -> Path:
         print(f"[train] {rid}: {'resuming from ' + str(run.last) if status == 'partial' else 'new run'} "
               f"in {run.path}")
         atomic_write_text(run.config, to_yaml(cfg))
-        _fit(cfg, run, info, resume=status == "partial")
-    return run.path
+        world = _fit(cfg, run, info, resume=status == "partial")
+    return run.path, world
 
 
-def _fit(cfg: Config, run: RunDir, info: dict, resume: bool) -> None:
+def _fit(cfg: Config, run: RunDir, info: dict, resume: bool) -> int:
     L.seed_everything(cfg.train.seed, workers=True, verbose=False)
     t, tr = cfg.train, cfg.trainer
     module = SARLightningModule(to_dict(cfg), info)
@@ -91,6 +99,21 @@ def _fit(cfg: Config, run: RunDir, info: dict, resume: bool) -> None:
                         "seconds_this_session": time.time() - start, "params": module.model.num_params(),
                         "val_loss": float(trainer.callback_metrics.get("val/loss", float("nan")))})
         print(f"[train] {run.name}: finished at step {trainer.global_step}")
+    return trainer.world_size
+
+
+def _evaluate_when_told(run_path: Path, args: list[str]) -> int:
+    """A local sweep's job, trained: wait for the thread count of its evaluation slot on stdin, then
+    evaluate the run in this process (torch, Lightning and torchmetrics are imported already). stdin
+    closed without one (the sweep stopped, or is gone): exit; the next sweep evaluates the run."""
+    print(f"[train] {run_path.name}: trained; evaluating once the sweep gives a slot", flush=True)
+    line = sys.stdin.readline().strip()
+    if not line:
+        print(f"[train] {run_path.name}: no slot given; the run is trained, not yet evaluated", flush=True)
+        return 0
+    from .evaluate import main as evaluate
+
+    return evaluate([str(run_path), f"threads={int(line)}", *args])
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -98,7 +121,18 @@ def main(argv: list[str] | None = None) -> int:
     if not argv or argv[0] in ("-h", "--help"):
         print(__doc__)
         return 0 if argv else 2
-    return run_cli("train", lambda: train(load_config(argv[0], argv[1:])))
+    then_evaluate = None
+    if THEN_EVALUATE in argv:  # the rest are the evaluation's overrides
+        cut = argv.index(THEN_EVALUATE)
+        argv, then_evaluate = argv[:cut], argv[cut + 1 :]
+    trained = []
+    code = run_cli("train", lambda: trained.append(_train(load_config(argv[0], argv[1:]))))
+    if code or then_evaluate is None:
+        return code
+    run_path, world = trained[0]
+    if world > 1 or _get_rank() not in (None, 0):  # several processes trained: the sweep starts an evaluation
+        return 0
+    return _evaluate_when_told(run_path, then_evaluate)
 
 
 if __name__ == "__main__":

@@ -90,6 +90,61 @@ def test_run_job_runs_its_steps_as_before(tmp_path, monkeypatch, code):
     assert ("infer.num_steps=[4] --and infer.num_steps=[8]" in log) == (code == 0)
 
 
+# A stand-in interpreter for a local sweep's job: "train ... --then-evaluate" writes done.json, then reads its
+# evaluation's thread count from stdin; "evaluate" (a process of its own) only says it ran.
+MERGED = """#!/bin/sh
+echo "ran $2 $3"
+case "$*" in *--then-evaluate*)
+  run=$(dirname "$3"); [ -n "$FAKE_DDP" ] && exit 0
+  echo '{"global_step": 1}' > "$run/done.json"
+  read threads || { echo "no slot given"; exit 0; }
+  echo "evaluated in the training process with $threads thread(s)";;
+esac
+exit 0
+"""
+
+
+@pytest.mark.parametrize("how", ["merged", "several devices", "stopped"])
+def test_a_local_job_trains_and_evaluates_in_one_process(tmp_path, monkeypatch, how):
+    """Locally, one process trains, waits for an evaluation slot holding none, then evaluates with the
+    threads it is given on stdin; a process that exits after training (several devices trained) leaves
+    the evaluation to a process of its own; a sweep stopped before the slot closes stdin: no evaluation."""
+    from sar_lightning import sweep as sweep_module
+    from sar_lightning.sweep import CoreShare, Slots
+
+    fake = tmp_path / "fake-python"
+    fake.write_text(MERGED)
+    fake.chmod(0o755)
+    monkeypatch.setattr(sys, "executable", str(fake))
+    if how == "several devices":
+        monkeypatch.setenv("FAKE_DDP", "1")
+    monkeypatch.setattr(sweep_module, "pending_settings",
+                        lambda path, e: 0 if "in the training process" in (Path(path) / "sweep.log").read_text() else 1)
+    job = _jobs(tmp_path, 1)[0]
+    Path(job.run_dir).mkdir()
+    (Path(job.run_dir) / "config.yaml").write_text("{}")
+    job.evals = [["infer.num_steps=[4]"], ["infer.num_steps=[8]"]]
+    slots, children = Slots(2, jobs=1), Children()
+    if how == "stopped":  # the stop comes while the trained process waits for its evaluation slot
+        real = slots.acquire
+        monkeypatch.setattr(slots, "acquire", lambda key, stopping: real(key, stopping) if key[0] == 0 else
+                            (children.request_stop(signal.SIGTERM), real(key, stopping))[1])
+    result = run_job(job, children=children, cores=CoreShare(2, 2, 1), slots=slots)
+    log = (tmp_path / "run0" / "sweep.log").read_text()
+    assert log.count("ran sar_lightning.train") == 1 and "--then-evaluate infer.num_steps=[4] --and" in log
+    assert slots.free == 2  # every slot given back
+    if how == "merged":
+        assert result["status"] == "trained"
+        assert "evaluated in the training process with 2 thread(s)" in log  # the last job: both cores
+        assert "ran sar_lightning.evaluate" not in log
+    elif how == "several devices":
+        assert result["status"] == "trained"
+        assert log.count("ran sar_lightning.evaluate") == 1
+    else:
+        assert result["status"] == "stopped" and "no slot given" in log and "ran sar_lightning.evaluate" not in log
+        assert "the sweep was interrupted by SIGTERM" in log
+
+
 @pytest.mark.skipif(not LINUX, reason="reads /proc")
 def test_a_stop_terms_the_whole_group_then_kills_what_ignores_it(tmp_path):
     # The child ignores SIGTERM and has a child of its own (same group): both must be gone after the grace.

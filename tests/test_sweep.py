@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -14,6 +15,7 @@ import pytest
 from conftest import REPO
 
 from sar_lightning.config import ConfigError
+from sar_lightning.evaluate import main as evaluate_main
 from sar_lightning.runs import read_results
 from sar_lightning.sweep import expand, load_grid, main, sweep
 
@@ -84,6 +86,18 @@ def test_smoke_sweep_with_two_seeds_end_to_end_then_rerun_trains_nothing(tmp_pat
     assert [[r["num_steps"] for r in run] for run in rows] == [[1, 4, 64]] * 2
     assert all(r["fd_lo"] <= r["fd"] <= r["fd_hi"] and r["train_seed"] == r["seed"] for run in rows for r in run)
     assert [run[0]["seed"] for run in rows] == [0, 1] and rows[0][0]["fd"] != rows[1][0]["fd"]  # own samples
+    # Each run trained and evaluated in one process; the evaluation is the one a process of its own gives.
+    run0 = root / results[0]["run_id"]
+    log = (run0 / "sweep.log").read_text()
+    assert log.count("--then-evaluate") == 1 and "evaluating in the training process" in log
+    assert "-m sar_lightning.evaluate" not in log
+    alone = tmp_path / "alone" / run0.name
+    shutil.copytree(run0, alone, ignore=shutil.ignore_patterns("results.jsonl"))
+    _, jobs = expand(grid, "smoke", root=str(root), seeds=[0, 1])
+    assert evaluate_main([str(alone), "threads=1", *jobs[0].evals[0]]) == 0
+    separate = read_results(alone / "results.jsonl")
+    assert [(r["num_steps"], r["fd"], r["fd_lo"], r["fd_hi"]) for r in separate] == \
+        [(r["num_steps"], r["fd"], r["fd_lo"], r["fd_hi"]) for r in rows[0]]
     stamps = {p: p.stat().st_mtime for p in root.rglob("*.ckpt")}
     again = sweep(grid, "smoke", jobs=2, root=str(root), seeds=[0, 1])
     assert [r["status"] for r in again] == ["skipped (done)"] * 2
