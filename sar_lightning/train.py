@@ -3,6 +3,9 @@
 It trains into the run folder ``<root>/<run_id>`` (layout: ``sar_lightning.runs``). Running the same
 command again skips a finished run and resumes an interrupted one from ``last.ckpt``, appending to the
 same TensorBoard curves; training from the run's ``config.yaml`` reproduces it.
+
+``--then-evaluate <evaluate overrides>`` is a local sweep's: once trained, the process reads a thread count
+from stdin and evaluates the run in place (``sar_lightning.sweep``); stdin closed without one, it exits.
 """
 
 from __future__ import annotations
