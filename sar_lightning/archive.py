@@ -10,7 +10,9 @@ The archive copies the small files the results table is built from (``config.yam
 gathered in several sessions (or on several machines) add up, and anyone can redraw them from a clone.
 
 Merging is by key, never by overwriting a whole file: a run's result rows are merged by sampler setting
-(``runs.setting_id``; the run folder's row wins over the archived one), a manifest's runs by run id (the
+(``runs.setting_id``; the run folder's row wins over the archived one) as long as both come from one training
+(the same ``done.json``); a run trained again (the same run id on another machine or code, another
+``done.json``) replaces its archived rows, so no run mixes two trainings' rows. A manifest's runs by run id (the
 newer sweep's entry wins), and each sweep that ran is kept once in the manifest's ``sweeps`` history
 (its wall time, jobs and counts), so a grid run over two sessions reports both sweeps' wall time.
 Every file is replaced in one rename.
@@ -35,13 +37,21 @@ def _merge_rows(old: list[dict], new: list[dict]) -> list[dict]:
     return [r for r in old if setting_id(r) not in fresh] + new
 
 
+def retrained(run: Path, archived: Path) -> bool:
+    """Whether ``run`` is another training than the archived run of its id (their ``done.json`` differ)."""
+    done, kept = run / DONE, archived / DONE
+    return done.exists() and kept.exists() and done.read_text() != kept.read_text()
+
+
 def archive_run(run: Path, into: Path) -> int:
-    """Copy one run's config, done marker and merged result rows into ``into/<run id>``; the row count."""
+    """Copy one run's config, done marker and result rows into ``into/<run id>``, merged with the archived
+    rows of the same training (replacing those of another); the row count."""
     dest = into / run.name
+    old = [] if retrained(run, dest) else read_results(dest / RESULTS)
     for name in (CONFIG, DONE):
         if (run / name).exists():
             atomic_write_text(dest / name, (run / name).read_text())
-    rows = _merge_rows(read_results(dest / RESULTS), read_results(run / RESULTS))
+    rows = _merge_rows(old, read_results(run / RESULTS))
     atomic_write_text(dest / RESULTS, results_text(rows))
     return len(rows)
 

@@ -53,6 +53,24 @@ def test_two_sessions_add_up_and_archiving_twice_changes_nothing(tmp_path):
     assert "| orders | default | 2 | 3 | 0,1 | 2 | 2 | 15.0 min |" in table
 
 
+def test_a_run_trained_again_replaces_its_rows_instead_of_mixing_two_trainings(tmp_path):
+    into = tmp_path / "archive"
+    first = _session(tmp_path / "a", {"r_s0": [_row(1, 9.0), _row(4, 5.0)]}, 600.0, "2026-12-01T10:00:00")
+    (first / "r_s0" / "done.json").write_text('{"val_loss": 1.21}')
+    A.archive(first, into)
+    # Another evaluation of the same training adds up ...
+    (first / "r_s0" / "results.jsonl").write_text(json.dumps(_row(16, 3.0)) + "\n")
+    A.archive(first, into)
+    assert {r["num_steps"] for r in read_results(into / "r_s0" / "results.jsonl")} == {1, 4, 16}
+    # ... the same run id trained again (another machine, other float sums) replaces them all.
+    again = _session(tmp_path / "b", {"r_s0": [_row(4, 4.5)]}, 300.0, "2026-12-02T10:00:00")
+    (again / "r_s0" / "done.json").write_text('{"val_loss": 1.20}')
+    assert A.retrained(again / "r_s0", into / "r_s0") and not A.retrained(first / "r_s0", first / "r_s0")
+    A.archive(again, into)
+    assert read_results(into / "r_s0" / "results.jsonl") == [_row(4, 4.5)]
+    assert (into / "r_s0" / "done.json").read_text() == '{"val_loss": 1.20}'
+
+
 def test_rows_of_other_extractors_are_kept_apart():
     old = [_row(4, 5.0, "inception"), _row(4, 6.0)]
     assert A._merge_rows(old, [_row(4, 7.0)]) == [_row(4, 5.0, "inception"), _row(4, 7.0)]
