@@ -14,7 +14,8 @@ Merging is by key, never by overwriting a whole file: a run's result rows are me
 (the same ``done.json``); a run trained again (the same run id on another machine or code, another
 ``done.json``) replaces its archived rows, so no run mixes two trainings' rows. A manifest's runs by run id (the
 newer sweep's entry wins), and each sweep that ran is kept once in the manifest's ``sweeps`` history
-(its wall time, jobs and counts), so a grid run over two sessions reports both sweeps' wall time.
+(its wall time, jobs and counts), so a grid run over two sessions reports both sweeps' wall time; once
+every run of an archived manifest has been trained again, its old sweeps are dropped with its rows.
 Every file is replaced in one rename.
 """
 
@@ -43,11 +44,15 @@ def retrained(run: Path, archived: Path) -> bool:
     return done.exists() and kept.exists() and done.read_text() != kept.read_text()
 
 
-def archive_run(run: Path, into: Path) -> int:
+def archive_run(run: Path, into: Path, replaced: set | None = None) -> int:
     """Copy one run's config, done marker and result rows into ``into/<run id>``, merged with the archived
-    rows of the same training (replacing those of another); the row count."""
+    rows of the same training (replacing those of another, whose run id then goes into ``replaced``); the
+    row count."""
     dest = into / run.name
-    old = [] if retrained(run, dest) else read_results(dest / RESULTS)
+    again = retrained(run, dest)
+    if again and replaced is not None:
+        replaced.add(run.name)
+    old = [] if again else read_results(dest / RESULTS)
     for name in (CONFIG, DONE):
         if (run / name).exists():
             atomic_write_text(dest / name, (run / name).read_text())
@@ -64,9 +69,13 @@ def sweep_record(manifest: dict) -> dict:
             "seeds": sorted({r["seed"] for r in runs if r.get("seed") is not None})}
 
 
-def merge_manifest(old: dict | None, new: dict) -> dict:
-    """``new`` with the runs of ``old`` it does not name and both sweep histories (each sweep once)."""
-    history = list((old or {}).get("sweeps") or ([sweep_record(old)] if old else []))
+def merge_manifest(old: dict | None, new: dict, replaced: set = frozenset()) -> dict:
+    """``new`` with the runs of ``old`` it does not name and both sweep histories (each sweep once). When
+    every run of ``old`` has been trained again (``replaced``), its sweeps no longer describe any archived
+    row, and only ``new``'s history is kept (the wall time is the re-run's, not the sum)."""
+    if old and all(r["run_id"] in replaced for r in old.get("runs", [])):
+        old = {**old, "sweeps": [], "runs": []}
+    history = list((old or {}).get("sweeps") or ([sweep_record(old)] if old and old.get("runs") else []))
     for record in new.get("sweeps") or [sweep_record(new)]:
         if record not in history:
             history.append(record)
@@ -81,8 +90,9 @@ def archive(root: str | Path = "runs", into: str | Path = ARCHIVE) -> tuple[int,
     if not root.is_dir():
         raise FileNotFoundError(f"no runs folder {root}: train and evaluate runs first, or pass --root")
     n_runs = n_rows = n_manifests = 0
+    replaced: set[str] = set()
     for results in sorted(root.glob(f"*/{RESULTS}")):
-        n_rows += archive_run(results.parent, into)
+        n_rows += archive_run(results.parent, into, replaced)
         n_runs += 1
     for file in sorted((root / SWEEPS).glob("*.json")):
         try:
@@ -96,7 +106,7 @@ def archive(root: str | Path = "runs", into: str | Path = ARCHIVE) -> tuple[int,
         except json.JSONDecodeError as e:
             raise ValueError(f"the archived manifest {target} is not valid JSON ({e}): restore it with "
                              f"`git checkout -- {target}`, then archive again") from None
-        atomic_write_text(target, json.dumps(merge_manifest(old, new), indent=1))
+        atomic_write_text(target, json.dumps(merge_manifest(old, new, replaced), indent=1))
         n_manifests += 1
     return n_runs, n_rows, n_manifests
 

@@ -69,6 +69,9 @@ def test_a_run_trained_again_replaces_its_rows_instead_of_mixing_two_trainings(t
     A.archive(again, into)
     assert read_results(into / "r_s0" / "results.jsonl") == [_row(4, 4.5)]
     assert (into / "r_s0" / "done.json").read_text() == '{"val_loss": 1.20}'
+    # every run of the grid trained again: its wall time is the re-run's, not the sum of both sweeps
+    assert [s["seconds"] for s in json.loads((into / "sweeps" / "orders-default.json").read_text())["sweeps"]] \
+        == [300.0]
 
 
 def test_rows_of_other_extractors_are_kept_apart():
