@@ -73,9 +73,9 @@ def merge_manifest(old: dict | None, new: dict, replaced: set = frozenset()) -> 
     """``new`` with the runs of ``old`` it does not name and both sweep histories (each sweep once). When
     every run of ``old`` has been trained again (``replaced``), its sweeps no longer describe any archived
     row, and only ``new``'s history is kept (the wall time is the re-run's, not the sum)."""
-    if old and all(r["run_id"] in replaced for r in old.get("runs", [])):
-        old = {**old, "sweeps": [], "runs": []}
-    history = list((old or {}).get("sweeps") or ([sweep_record(old)] if old and old.get("runs") else []))
+    if old and old.get("runs") and all(r["run_id"] in replaced for r in old["runs"]):
+        old = None
+    history = list((old or {}).get("sweeps") or ([sweep_record(old)] if old else []))
     for record in new.get("sweeps") or [sweep_record(new)]:
         if record not in history:
             history.append(record)

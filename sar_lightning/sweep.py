@@ -336,7 +336,7 @@ def _run_job(job: Job, run: RunDir, progress, children: Children, cores: CoreSha
                 tell(job.label, state)
                 return _outcome(job, _DONE[status] if state == "done" else state, log, start, status)
             # trained, not evaluated (it trained on several devices): the evaluation gets a process of its own
-            steps, first = (steps[1:] if _evaluation_left(run, evals) else []), 1
+            steps, first = steps[1:], 1
         for i, (module, target, args) in enumerate(steps, first):
             training = module == "train"
             if i:
@@ -348,9 +348,7 @@ def _run_job(job: Job, run: RunDir, progress, children: Children, cores: CoreSha
                     threads = job.threads if training or cores is None else cores.begin(run)
                     cmd = [sys.executable, "-m", f"sar_lightning.{module}", str(target), f"threads={threads}", *args]
                     tell(job.label, "training" if training else "evaluating")
-                    f.write(f"\n$ {' '.join(cmd)}\n")
-                    f.flush()
-                    proc = children.start(cmd, stdout=f, stderr=subprocess.STDOUT, env=_thread_env(threads))
+                    proc = _start(f, children, cmd, threads)
                     code = None if proc is None else children.wait(proc)
                 finally:
                     if slots is not None:
@@ -370,8 +368,12 @@ def _run_job(job: Job, run: RunDir, progress, children: Children, cores: CoreSha
 _DONE = {"done": "skipped (done)", "partial": "resumed", "new": "trained"}
 
 
-def _thread_env(threads: int) -> dict:
-    return {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+def _start(f, children: Children, cmd: list[str], threads: int, **kwargs) -> subprocess.Popen | None:
+    """Write ``cmd`` into the job's log ``f`` and start it there with ``threads`` CPU threads."""
+    f.write(f"\n$ {' '.join(cmd)}\n")
+    f.flush()
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+    return children.start(cmd, stdout=f, stderr=subprocess.STDOUT, env=env, **kwargs)
 
 
 def _log_interrupted(f, children: Children, proc, code) -> None:
@@ -393,7 +395,8 @@ def _train_then_evaluate(job: Job, run: RunDir, f, tell, children: Children, cor
     without one: it exits, the run stays trained and unevaluated, and the next sweep evaluates it).
 
     Returns the job's state when it ends here (``done``, ``failed``, ``stopped``, ``cancelled``), or None
-    when the process trained and exited without evaluating (a training on several devices does)."""
+    when the process trained and exited without evaluating and settings are still to evaluate (a training
+    on several devices does)."""
     from .train import THEN_EVALUATE
 
     (_, config, train_args), (_, _, eval_args) = train, evaluate
@@ -405,10 +408,7 @@ def _train_then_evaluate(job: Job, run: RunDir, f, tell, children: Children, cor
         cmd = [sys.executable, "-m", "sar_lightning.train", str(config), f"threads={job.threads}", *train_args,
                THEN_EVALUATE, *eval_args]
         tell(job.label, "training")
-        f.write(f"\n$ {' '.join(cmd)}\n")
-        f.flush()
-        proc = children.start(cmd, stdout=f, stderr=subprocess.STDOUT, stdin=subprocess.PIPE,
-                              env=_thread_env(job.threads))
+        proc = _start(f, children, cmd, job.threads, stdin=subprocess.PIPE)
         while proc is not None and proc.poll() is None and not run.done.exists():
             time.sleep(0.2)  # done.json is written when training ends; then the process waits for its slot
     finally:
