@@ -104,4 +104,4 @@ report: install ## ROOT's results merged into the archive (docs/results/runs), t
 	@if [ -d $(ROOT) ]; then $(PY) -m sar_lightning.archive --root $(ROOT) --into $(ARCHIVE); fi
 	@for g in $(GRIDS); do $(PY) analysis/plot_tradeoffs.py --root $(ARCHIVE) --grid $$g --out docs/results \
 		|| echo "[report] no figures for grid $$g yet"; done
-	$(PY) analysis/report.py --root $(ARCHIVE)
+	$(PY) analysis/report.py --root $(ARCHIVE) --readme README.md

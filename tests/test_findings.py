@@ -245,3 +245,25 @@ def test_no_worse_and_alike_need_the_estimate_inside_the_other_interval():
     assert V.judge("similar", V.Side("A", mean=5.0, lo=2.0, hi=8.0, n_seeds=3, interval="seeds"), b)[0] == "reproduced"
     assert V.judge("similar", V.Side("A", mean=9.0, lo=6.5, hi=11.0, n_seeds=3, interval="seeds"), b)[0] == \
         "inconclusive"
+
+
+def test_report_rewrites_only_the_readme_block(full, tmp_path):
+    """``--readme`` replaces the text between the markers with the verdicts, keeps the rest byte for byte, and
+    leaves a file without markers untouched."""
+    runs, _, results = full
+    readme = tmp_path / "README.md"
+    before, after = "# Title\n\nhand-written 1.5\n\n", "\n\n## Speed\n\nmore text\n"
+    readme.write_text(before + R.README_START + "\nstale 9.99\n" + R.README_END + after)
+    assert R.update_readme(readme, R.readme_block(results, "runs", runs))
+    text = readme.read_text()
+    assert text.startswith(before + R.README_START) and text.endswith(R.README_END + after)
+    assert "stale 9.99" not in text and text.count(R.README_START) == 1 == text.count(R.README_END)
+    block = text[text.index(R.README_START):text.index(R.README_END)]
+    assert f"from {runs['run_id'].nunique()} archived runs" in block
+    for n in range(1, 11):
+        assert "**reproduced**" in next(line for line in block.splitlines() if line.startswith(f"| {n} |"))
+    assert R.update_readme(readme, R.readme_block(results, "runs", runs)) and readme.read_text() == text  # stable
+    plain = tmp_path / "PLAIN.md"
+    plain.write_text("no markers 1.5\n")
+    assert not R.update_readme(plain, "x") and plain.read_text() == "no markers 1.5\n"
+    assert not R.update_readme(tmp_path / "missing.md", "x")
