@@ -14,7 +14,8 @@ Merging is by key, never by overwriting a whole file: a run's result rows are me
 (the same ``done.json``); a run trained again (the same run id on another machine or code, another
 ``done.json``) replaces its archived rows, so no run mixes two trainings' rows. A manifest's runs by run id (the
 newer sweep's entry wins), and each sweep that ran is kept once in the manifest's ``sweeps`` history
-(its wall time, jobs and counts), so a grid run over two sessions reports both sweeps' wall time; once
+(its wall time, jobs and counts; a record with the start time of one already there replaces it, so a sweep
+archived while it ran counts once), so a grid run over two sessions reports both sweeps' wall time; once
 every run of an archived manifest has been trained again, its old sweeps are dropped with its rows.
 Every file is replaced in one rename.
 """
@@ -27,7 +28,7 @@ import sys
 from pathlib import Path
 
 from .files import atomic_write_text
-from .runs import CONFIG, DONE, RESULTS, SWEEPS, read_results, results_text, setting_id
+from .runs import CONFIG, DONE, RESULTS, SWEEPS, merge_history, read_results, results_text, setting_id, sweep_record
 
 ARCHIVE = "docs/results/runs"
 
@@ -61,24 +62,14 @@ def archive_run(run: Path, into: Path, replaced: set | None = None) -> int:
     return len(rows)
 
 
-def sweep_record(manifest: dict) -> dict:
-    """One sweep as the history keeps it: when it finished, its wall time, jobs, and what it did."""
-    runs = manifest.get("runs", [])
-    return {"finished": manifest.get("finished"), "seconds": manifest.get("seconds"), "jobs": manifest.get("jobs"),
-            "runs": len(runs), "trained": sum(r.get("status") in ("trained", "resumed") for r in runs),
-            "seeds": sorted({r["seed"] for r in runs if r.get("seed") is not None})}
-
-
 def merge_manifest(old: dict | None, new: dict, replaced: set = frozenset()) -> dict:
     """``new`` with the runs of ``old`` it does not name and both sweep histories (each sweep once). When
     every run of ``old`` has been trained again (``replaced``), its sweeps no longer describe any archived
     row, and only ``new``'s history is kept (the wall time is the re-run's, not the sum)."""
     if old and old.get("runs") and all(r["run_id"] in replaced for r in old["runs"]):
         old = None
-    history = list((old or {}).get("sweeps") or ([sweep_record(old)] if old else []))
-    for record in new.get("sweeps") or [sweep_record(new)]:
-        if record not in history:
-            history.append(record)
+    history = merge_history(list((old or {}).get("sweeps") or ([sweep_record(old)] if old else [])),
+                            new.get("sweeps") or [sweep_record(new)])
     named = {r["run_id"] for r in new.get("runs", [])}
     runs = [r for r in (old or {}).get("runs", []) if r["run_id"] not in named] + list(new.get("runs", []))
     return {**new, "runs": runs, "sweeps": history}

@@ -122,8 +122,7 @@ def wall_times(root: str) -> list[str]:
     """A section with each grid's wall time, from the manifests ``<root>/sweeps/*.json``: summed over the sweeps
     its ``sweeps`` history records (``sar_lightning.archive`` keeps one entry per sweep), else its last sweep.
     Runs a sweep skipped because they were done cost it nothing."""
-    from .archive import sweep_record
-    from .runs import read_manifests
+    from .runs import read_manifests, sweep_record
 
     rows = []
     for m in read_manifests(root):
@@ -134,12 +133,15 @@ def wall_times(root: str) -> list[str]:
         seconds = [h["seconds"] for h in history if h.get("seconds") is not None]
         wall = f"{sum(seconds) / 60:.1f} min" if seconds else "not recorded"
         jobs = ",".join(dict.fromkeys(str(h.get("jobs")) for h in history if h.get("jobs"))) or "-"
+        unfinished = sum("finished" in h and h["finished"] is None for h in history)
+        sweeps = f"{len(history)}" + (f" ({unfinished} unfinished)" if unfinished else "")
         rows.append(f"| {m['grid']} | {m.get('profile')}{' / ' + m['data'] if m.get('data') else ''} | {len(runs)} "
-                    f"| {trained} | {','.join(map(str, seeds)) or '-'} | {jobs} | {len(history)} | {wall} |")
+                    f"| {trained} | {','.join(map(str, seeds)) or '-'} | {jobs} | {sweeps} | {wall} |")
     if not rows:
         return []
     return ["", "## Wall time per grid", "", "Each grid's sweeps as its manifest records them, wall times summed over "
-            "the sweeps that ran it (2-core reference machine unless said otherwise).", "",
+            "the sweeps that ran it (2-core reference machine unless said otherwise); an unfinished sweep (killed, "
+            "or still running) counts up to its last recorded run.", "",
             "| grid | profile / data | runs | trained or resumed | seeds | jobs | sweeps | wall time |",
             "|---" * 8 + "|", *rows, ""]
 

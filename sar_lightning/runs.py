@@ -255,6 +255,24 @@ def manifest_path(root: str | Path, grid: str, tag: str) -> Path:
     return Path(root) / SWEEPS / f"{grid}-{tag}.json"
 
 
+def sweep_record(manifest: dict) -> dict:
+    """One sweep as a manifest's ``sweeps`` history keeps it: when it started and finished (``finished`` None:
+    still running, or killed), its wall time so far, jobs, and what it did."""
+    runs = manifest.get("runs", [])
+    record = {"finished": manifest.get("finished"), "seconds": manifest.get("seconds"), "jobs": manifest.get("jobs"),
+              "runs": len(runs), "trained": sum(r.get("status") in ("trained", "resumed") for r in runs),
+              "seeds": sorted({r["seed"] for r in runs if r.get("seed") is not None})}
+    return {"started": manifest["started"]} | record if manifest.get("started") else record  # older: no start
+
+
+def merge_history(old: list[dict], new: list[dict]) -> list[dict]:
+    """Two sweep histories as one, each sweep once: a record of ``new`` replaces one of ``old`` that started at
+    the same time (the same sweep, recorded later), and is added when no equal record is there."""
+    again = {r["started"] for r in new if r.get("started")}
+    history = [r for r in old if not (r.get("started") and r["started"] in again)]
+    return history + [r for r in new if r not in history]
+
+
 def read_manifests(root: str | Path, pattern: str = "*.json") -> list[dict]:
     """The sweep manifests ``<root>/sweeps/<pattern>``, each with its ``grid`` name, in name order."""
     out = []

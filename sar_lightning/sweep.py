@@ -27,8 +27,10 @@ A failed run is reported with its log and does not stop the others.
 A sweep dies cleanly: on SIGINT (Ctrl-C) or SIGTERM it starts no new job (queued ones are reported as
 cancelled), sends SIGTERM to every running job's process group, SIGKILL to what is left after 10 s (at
 once on a second signal), records the runs' statuses so far and exits with 130 or 143; re-running the
-same command resumes. Each job's processes form their own process group and, on Linux, get SIGTERM when
-the sweep dies, even by SIGKILL, so no orphaned training races a re-run in the same folder.
+same command resumes (the manifest ``<root>/sweeps/<grid>-<tag>.json`` is rewritten whole as the sweep starts and
+after each run, so a sweep killed outright still leaves its wall time so far; see ``Manifest``). Each job's
+processes form their own process group and, on Linux, get SIGTERM when the sweep dies, even by SIGKILL, so no
+orphaned training races a re-run in the same folder.
 """
 
 from __future__ import annotations
@@ -56,7 +58,7 @@ from .files import atomic_write_text
 from .model import MODELS, model_class
 from .processes import CHILDREN, Children, SweepInterrupted, install_stop_handlers, restore_handlers
 from .progress import SweepProgress
-from .runs import SWEEPS, RunDir, manifest_path, run_cli
+from .runs import SWEEPS, RunDir, manifest_path, merge_history, run_cli, sweep_record
 
 PROFILES = ("smoke", "default", "gpu", "paper")
 
@@ -445,10 +447,12 @@ def _train_then_evaluate(job: Job, run: RunDir, f, tell, children: Children, cor
 
 
 def launch(jobs: list[Job], n_parallel: int, launcher: str, folder: Path, slurm: dict, title: str = "",
-           children: Children | None = None) -> list[dict]:
+           children: Children | None = None, on_result=None) -> list[dict]:
     """Run the jobs locally in parallel subprocesses (with a progress display), or submit them through submitit.
     Locally, once ``children`` (default ``CHILDREN``) is asked to stop, queued jobs are cancelled and the
-    running ones signalled (``Children.enforce``); the results then say which were stopped or cancelled."""
+    running ones signalled (``Children.enforce``); the results then say which were stopped or cancelled.
+    ``on_result(index, result)`` is called (from the calling thread) as each job ends."""
+    on_result = on_result or (lambda index, result: None)
     if launcher == "local":
         children = children or CHILDREN
         cores, slots = CoreShare(available_cores(), n_parallel, len(jobs)), Slots(n_parallel, len(jobs))
@@ -456,8 +460,12 @@ def launch(jobs: list[Job], n_parallel: int, launcher: str, folder: Path, slurm:
         with SweepProgress(jobs, title) as progress, ThreadPoolExecutor(max_workers=max(1, len(jobs))) as pool:
             futures = [pool.submit(run_job, job, progress, children, cores, slots, i) for i, job in enumerate(jobs)]
             pending = set(futures)
+            index = {future: i for i, future in enumerate(futures)}
             while pending:  # the main thread polls, so a stop asked by its signal handler is carried out
-                pending = wait(pending, timeout=0.25, return_when=FIRST_COMPLETED).not_done
+                finished, pending = wait(pending, timeout=0.25, return_when=FIRST_COMPLETED)
+                for future in finished:
+                    if not future.cancelled() and future.exception() is None:
+                        on_result(index[future], future.result())
                 if children.stopping:
                     for future in pending:
                         future.cancel()  # queued jobs never start; running ones return when their child ends
@@ -481,13 +489,55 @@ def launch(jobs: list[Job], n_parallel: int, launcher: str, folder: Path, slurm:
     executor.update_parameters(**({"timeout_min": 60 * 24} | slurm) if launcher == "slurm" else {"timeout_min": 600})
     submitted = [executor.submit(run_job, job) for job in jobs]
     results = []
-    for job, sub in zip(jobs, submitted):
+    for i, (job, sub) in enumerate(zip(jobs, submitted)):
         try:
             results.append(sub.result())
         except Exception as err:  # a crashed job is reported, the others go on
             results.append({"run_id": job.run_id, "label": job.label, "status": "failed",
                             "log": str(sub.paths.stderr), "error": str(err)[-500:], "seconds": 0.0})
+        on_result(i, results[-1])
     return results
+
+
+class Manifest:
+    """The sweep's manifest ``<root>/sweeps/<grid>-<tag>.json``, rewritten whole (one rename) when the sweep
+    starts, after each run and at the end, so a sweep killed outright still leaves its wall time so far and
+    its runs' statuses (``pending`` for those it had not finished). Its ``sweeps`` history carries the
+    records of the earlier sweeps of this file (a killed sweep and the one that resumed it add up), unless
+    this sweep trained every run of the earlier manifest again from scratch."""
+
+    def __init__(self, path: Path, jobs: list[Job], start: float, head: dict):
+        self.path, self.jobs, self.start = path, jobs, start
+        self.head = head | {"started": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(start))}
+        self.done: dict[int, dict] = {}
+        self.earlier = self._earlier()
+
+    def _earlier(self) -> dict | None:
+        try:
+            return json.loads(self.path.read_text()) if self.path.exists() else None
+        except (OSError, json.JSONDecodeError) as e:  # a torn file is replaced, never a reason to stop
+            print(f"[sweep] warning: replacing unreadable manifest {self.path}: {e}", file=sys.stderr)
+            return None
+
+    def ended(self, index: int, result: dict) -> None:
+        """Job ``index`` ended with ``result``: record it."""
+        self.done[index] = result
+        self.write()
+
+    def write(self, results: list[dict] | None = None, finished: bool = False) -> None:
+        done = dict(enumerate(results)) if results is not None else self.done
+        runs = [{"run_id": job.run_id, "label": job.name, "seed": job.seed,
+                 "status": done[i]["status"] if i in done else "pending",
+                 "seconds": round(done[i].get("seconds", 0.0), 1) if i in done else 0.0}
+                for i, job in enumerate(self.jobs)]
+        manifest = self.head | {"seconds": round(time.time() - self.start, 1),
+                                "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z") if finished else None,
+                                "runs": runs}
+        old, again = self.earlier, {r["run_id"] for r in runs if r["status"] == "trained"}
+        keep = old and not all(r.get("run_id") in again for r in old.get("runs", []))
+        history = (old.get("sweeps") or [sweep_record(old)]) if keep else []
+        manifest["sweeps"] = merge_history(history, [sweep_record(manifest)])
+        atomic_write_text(self.path, json.dumps(manifest, indent=1))  # whole or not
 
 
 def sweep(grid_path, profile="default", jobs=None, root=None, launcher="local", extra=(), data=None,
@@ -501,17 +551,15 @@ def sweep(grid_path, profile="default", jobs=None, root=None, launcher="local", 
     tag = f"{profile}-{data}" if data else profile  # one manifest per (grid, profile, data overlay)
     print(f"[sweep] {grid.name} ({tag}): {len(todo)} runs, {jobs} at a time via {launcher}: {grid.question}")
     start = time.time()
+    record = Manifest(manifest_path(root_dir, grid.name, tag), todo, start,
+                      {"grid": grid.name, "profile": profile, "data": data, "question": grid.question, "jobs": jobs})
     children = Children()
     previous = install_stop_handlers(children) if launcher == "local" else {}
     try:
+        record.write()
         results = launch(todo, jobs, launcher, root_dir / SWEEPS / "submitit", grid.slurm, f"{grid.name} ({tag})",
-                         children=children)
-        manifest = {"grid": grid.name, "profile": profile, "data": data, "question": grid.question,
-                    "jobs": jobs, "seconds": round(time.time() - start, 1),
-                    "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-                    "runs": [{"run_id": r["run_id"], "label": job.name, "seed": job.seed, "status": r["status"],
-                              "seconds": round(r.get("seconds", 0.0), 1)} for job, r in zip(todo, results)]}
-        atomic_write_text(manifest_path(root_dir, grid.name, tag), json.dumps(manifest, indent=1))  # whole or not
+                         children=children, on_result=record.ended)
+        record.write(results, finished=True)
     finally:
         restore_handlers(previous)
     names = ["skipped (done)", "resumed", "trained", "failed"]

@@ -94,3 +94,18 @@ def test_a_torn_archived_manifest_is_one_line_and_exit_2(tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "orders-default.json" in err
     assert (into / "sweeps" / "orders-default.json").read_text() == "{torn"
+
+
+def test_a_sweep_archived_while_it_ran_and_again_after_counts_once(tmp_path):
+    """A manifest's history record is the sweep's by its start time: archived mid-sweep and again once it has
+    finished, the later record replaces the earlier one instead of adding its wall time twice."""
+    into, root = tmp_path / "archive", _session(tmp_path / "a", {"r_s0": [_row(1, 9.0)]}, 60.0, None)
+    file = root / "sweeps" / "orders-default.json"
+    running = json.loads(file.read_text()) | {"started": "2026-12-03T10:00:00+0000"}
+    file.write_text(json.dumps(running | {"sweeps": [A.sweep_record(running)]}))
+    A.archive(root, into)
+    done = running | {"seconds": 600.0, "finished": "2026-12-03T10:10:00+0000"}
+    file.write_text(json.dumps(done | {"sweeps": [A.sweep_record(done)]}))
+    A.archive(root, into)
+    history = json.loads((into / "sweeps" / "orders-default.json").read_text())["sweeps"]
+    assert [(h["seconds"], h["finished"]) for h in history] == [(600.0, "2026-12-03T10:10:00+0000")]

@@ -232,14 +232,17 @@ def test_a_signalled_sweep_leaves_no_process_and_no_torn_checkpoint(sweeps, sig)
     assert not _pids_mentioning(str(run_dir)), f"a job outlived its sweep by {time.time() - start:.0f} s"
     code = proc.wait(timeout=1)
     err = (folder / "err.txt").read_text()
+    manifest = json.loads((root / "sweeps" / "long-smoke.json").read_text())
     if sig == signal.SIGKILL:
         assert code == -signal.SIGKILL
+        # killed outright: the manifest written as the sweep began still says what it was doing
+        assert [r["status"] for r in manifest["runs"]] == ["pending"] and manifest["finished"] is None
+        assert manifest["started"] and manifest["sweeps"][0]["started"] == manifest["started"]
     else:
         assert code == 128 + sig, err[-2000:]
         assert (f"[sweep] interrupted by {sig.name}: stopped 1 running job(s); "
                 "re-run the same command to resume") in err
-        manifest = json.loads((root / "sweeps" / "long-smoke.json").read_text())
-        assert [r["status"] for r in manifest["runs"]] == ["stopped"]
+        assert [r["status"] for r in manifest["runs"]] == ["stopped"] and manifest["finished"]
         assert f"the sweep was interrupted by {sig.name}" in (run_dir / "sweep.log").read_text()
     ckpt_dir = run_dir / "checkpoints"
     ckpts = sorted(p.name for p in ckpt_dir.iterdir()) if ckpt_dir.exists() else []

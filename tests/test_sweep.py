@@ -17,7 +17,7 @@ from conftest import REPO
 from sar_lightning.config import ConfigError
 from sar_lightning.evaluate import main as evaluate_main
 from sar_lightning.runs import read_results
-from sar_lightning.sweep import expand, load_grid, main, sweep
+from sar_lightning.sweep import Job, Manifest, expand, load_grid, main, sweep
 
 GRIDS = sorted((REPO / "experiments" / "grids").glob("*.yaml"))
 GRIDS = [g for g in GRIDS if g.name != "profiles.yaml"]
@@ -106,6 +106,8 @@ def test_smoke_sweep_with_two_seeds_end_to_end_then_rerun_trains_nothing(tmp_pat
     grid.write_text(grid.read_text().replace("[1, 4, N]", "[1, 2, 4, N]"))
     sweep(grid, "smoke", jobs=2, root=str(root), seeds=[0, 1])
     assert sorted(r["num_steps"] for r in read_results(root / results[0]["run_id"] / "results.jsonl")) == [1, 2, 4, 64]
+    history = json.loads((root / "sweeps" / "two-smoke.json").read_text())["sweeps"]  # three sweeps, one file
+    assert [h["trained"] for h in history] == [2, 0, 0] and all(h["finished"] and h["started"] for h in history)
     # ... the table folds the two seeds into one point per setting ...
     table = tmp_path / "table"
     collect = subprocess.run([sys.executable, "analysis/collect.py", "--root", str(root), "--out", str(table)],
@@ -242,3 +244,34 @@ def test_slots_start_every_training_before_any_evaluation(tmp_path):
     assert slots.acquire((0, 0), lambda: False)  # held again: a stopping sweep's waiter leaves empty-handed
     gate.set()
     assert not slots.acquire((1, 5), gate.is_set) and slots.waiting == []
+
+
+def test_the_manifest_is_kept_as_the_sweep_goes_and_a_killed_sweeps_time_is_kept(tmp_path):
+    """Written when a sweep starts and after each run, so a sweep killed outright leaves its wall time so far;
+    the sweep that resumes it adds its own record (the report sums both), unless it trained every run again."""
+    from sar_lightning.report import wall_times
+
+    path, root = tmp_path / "sweeps" / "g-default.json", str(tmp_path)
+    jobs = [Job(f"{n} s0", f"{n}_s0", str(tmp_path / n), [], 1, name=n, seed=0) for n in ("a", "b")]
+    head = {"grid": "g", "profile": "default", "data": None, "question": "?", "jobs": 2}
+    killed = Manifest(path, jobs, time.time() - 600, head)
+    killed.write()
+    first = json.loads(path.read_text())
+    assert [r["status"] for r in first["runs"]] == ["pending", "pending"] and first["finished"] is None
+    killed.ended(0, {"status": "trained", "seconds": 500.0})  # then the sweep is killed while b trains
+    on_disk = json.loads(path.read_text())
+    assert [r["status"] for r in on_disk["runs"]] == ["trained", "pending"] and on_disk["seconds"] >= 600
+    assert len(on_disk["sweeps"]) == 1 and on_disk["sweeps"][0]["trained"] == 1
+    resumed = Manifest(path, jobs, time.time() - 300, head)
+    resumed.write([{"status": "skipped (done)"}, {"status": "resumed", "seconds": 290.0}], finished=True)
+    final = json.loads(path.read_text())
+    assert [h["finished"] is None for h in final["sweeps"]] == [True, False]
+    assert [round(h["seconds"], -1) for h in final["sweeps"]] == [600, 300]
+    assert "| g | default | 2 | 2 | 0 | 2 | 2 (1 unfinished) | 15.0 min |" in "\n".join(wall_times(root))
+    # a sweep that trained every run again from scratch: the earlier sweeps no longer describe any result
+    Manifest(path, jobs, time.time() - 100, head).write([{"status": "trained"}] * 2, finished=True)
+    assert [round(h["seconds"], -1) for h in json.loads(path.read_text())["sweeps"]] == [100]
+    # a torn manifest is replaced, with a warning, rather than stopping the sweep
+    path.write_text("{torn")
+    Manifest(path, jobs, time.time(), head).write()
+    assert len(json.loads(path.read_text())["sweeps"]) == 1
