@@ -46,6 +46,7 @@ import threading
 import time
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -508,7 +509,8 @@ class Manifest:
 
     def __init__(self, path: Path, jobs: list[Job], start: float, head: dict):
         self.path, self.jobs, self.start = path, jobs, start
-        self.head = head | {"started": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(start))}
+        # to the microsecond: the history tells sweeps apart by it (two may start within one second)
+        self.head = head | {"started": datetime.fromtimestamp(start).astimezone().isoformat(timespec="microseconds")}
         self.done: dict[int, dict] = {}
         self.earlier = self._earlier()
 
