@@ -12,7 +12,7 @@ With ``--train`` it measures training throughput instead (tokens per second of o
 forward + backward, at the same batch) for FMT-small as raster-64-ar, random-16-random and
 random-2-mar, and for the GPT baseline of the same width and depth, with ratios to the GPT.
 
-    python -m sar_lightning.bench [--batch 64] [--repeats 3] [--threads N] [--train]
+    python -m sar_lightning.bench [--batch 64] [--repeats 3] [--threads N] [--train] [--compile]
 """
 
 from __future__ import annotations
@@ -83,10 +83,11 @@ def flops(fn) -> int:
 
 
 @torch.inference_mode()
-def measure_ar_end(batch: int = 32, repeats: int = 3, sides=(8, 16)) -> list[dict]:
+def measure_ar_end(batch: int = 32, repeats: int = 3, sides=(8, 16), compile: bool = False) -> list[dict]:
     """The FMT at the AR end (raster, K = N, KV cache) against the GPT baseline of equal width and depth,
     per grid side: FLOPs per image of one teacher-forced forward, sampling seconds per image, and the
-    FMT's cached K = N sampling against its own forward."""
+    FMT's cached K = N sampling against its own forward. With ``compile`` also both samplers with the
+    compiled step (``generate(compile=True)``; compiled in the warm-up call, which is not timed)."""
     rows = []
     for side in sides:
         n, vocab = side * side, 17 if side <= 8 else 256
@@ -99,6 +100,8 @@ def measure_ar_end(batch: int = 32, repeats: int = 3, sides=(8, 16)) -> list[dic
             forward = partial(model, tokens, labels, kwargs["order"], [1] * n)
             row[f"{name}_flops"] = flops(forward) / batch
             fns[f"{name}_forward"], fns[f"{name}_sample"] = forward, partial(generate, model, labels, **kwargs)
+            if compile:
+                fns[f"{name}_compiled"] = partial(generate, model, labels, **(kwargs | {"compile": True}))
         row.update({key: t / batch for key, t in interleaved(fns, repeats).items()})  # FMT and GPT in turn
         rows.append(row)
     return rows
@@ -113,6 +116,14 @@ def report_ar_end(rows: list[dict], batch: int) -> str:
         sf = r["small_sample"] / r["small_forward"]
         lines.append(f"{r['grid']:<5} | {fr:>12.2f}x | {r['small_sample']:>16.5f} | {r['gpt-small_sample']:.5f} | "
                      f"{tr:>11.2f}x | {sf:>19.2f}x")
+    if "small_compiled" in rows[0]:
+        lines += ["", "the same with the compiled step (generate(compile=True))",
+                  "grid  | sample s/img FMT | GPT      | time FMT/GPT | FMT sample / forward | FMT eager / compiled",
+                  "------+------------------+----------+--------------+----------------------+---------------------"]
+        for r in rows:
+            fmt, gpt = r["small_compiled"], r["gpt-small_compiled"]
+            lines.append(f"{r['grid']:<5} | {fmt:>16.5f} | {gpt:.5f} | {fmt / gpt:>11.2f}x | "
+                         f"{fmt / r['small_forward']:>19.2f}x | {r['small_sample'] / fmt:>19.2f}x")
     lines.append("targets: time ratio within 1.1x of the FLOP ratio; FMT cached K = N sampling <= 2.0x one forward")
     return "\n".join(lines)
 
@@ -196,6 +207,8 @@ def main(argv=None) -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     parser.add_argument("--train", action="store_true", help="measure training throughput instead")
+    parser.add_argument("--compile", action="store_true", help="also time the AR end with the compiled sampling "
+                        "step (torch.compile; a few minutes of compiling on a CPU)")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -204,7 +217,7 @@ def main(argv=None) -> None:
     else:
         print(report(measure(args.batch, args.repeats), args.batch, args.repeats))
         print()
-        print(report_ar_end(measure_ar_end(32, args.repeats), 32))
+        print(report_ar_end(measure_ar_end(32, args.repeats, compile=args.compile), 32))
 
 
 if __name__ == "__main__":

@@ -99,6 +99,7 @@ class InferConfig:
     timing_batch: int = 32
     timing_repeats: int = 2  # 0: time the evaluation's own batches (infer.batch_size) instead of extra ones
     bootstrap: int = 200  # resamples of the generated features for the FD's 95% interval (0: none)
+    compile: bool = False  # torch.compile the cached sampling step (same tokens; pays for long samplings)
     inception_weights: str | None = None  # torch-fidelity's pt_inception-2015-12-05-6726825d.pth
     reference_stats: str | None = None  # an .npz with mu, sigma (ADM's VIRTUAL_imagenet256_labeled.npz)
 

@@ -16,6 +16,7 @@ Under a Lightning strategy (``trainer.devices=2 trainer.strategy=ddp``) images a
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import statistics
 import subprocess
@@ -190,7 +191,7 @@ def _evaluate(run: RunDir, cfg: Config) -> list[dict]:
             run.write_progress("evaluating", i - 1, len(todo))
         if world == 1:
             run.adopt_threads()  # a sweep may have freed cores for this run
-        sampler = Sampler.from_row(setting)
+        sampler = dataclasses.replace(Sampler.from_row(setting), compile=cfg.infer.compile)
         index = torch.arange(rank * per_rank, (rank + 1) * per_rank).clamp_max(cfg.infer.num_samples - 1)
         started, times = time.perf_counter(), []
         images = sample_images(model, tokenizer, index, info["num_classes"], sampler, cfg.infer.batch_size,
@@ -220,7 +221,8 @@ def _evaluate(run: RunDir, cfg: Config) -> list[dict]:
                    sec_per_image=sec, batch_size=timed_batch, device=str(fabric.device), world_size=world,
                    reference_name=reference, git_sha=git_sha(),
                    sample_seconds=sample_seconds, metric_seconds=metric_seconds,
-                   bootstrap_seconds=m.get("bootstrap_seconds"), bootstrap=cfg.infer.bootstrap)
+                   bootstrap_seconds=m.get("bootstrap_seconds"), bootstrap=cfg.infer.bootstrap,
+                   compiled=cfg.infer.compile)
         row["num_samples"] = len(images)
         run.append_result(row)  # row by row: an interruption keeps finished settings
         written.append(row)

@@ -183,7 +183,8 @@ def make_sampler(args, cfg: Config, model, known: torch.Tensor | None) -> Sample
     inf = cfg.infer
     attn = "full" if model.decoder_attn == "full" else inf.attn  # as evaluate samples
     sampler = Sampler(order, args.schedule or inf.schedule, k, cfg_scale=args.cfg, cfg_schedule=inf.cfg_schedule,
-                      temperature=inf.temperature, top_k=inf.top_k, top_p=inf.top_p, attn=attn, seed=args.seed)
+                      temperature=inf.temperature, top_k=inf.top_k, top_p=inf.top_p, attn=attn, seed=args.seed,
+                      compile=inf.compile)
     try:
         sizes = inference_intervals(sampler.schedule, free, k)
     except ValueError as err:

@@ -10,6 +10,7 @@ command and the training callback.
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -20,6 +21,17 @@ from .orders import make_order
 from .rng import seeded_uniform
 
 CFG_SCHEDULES = ("constant", "linear")
+_COMPILED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> its compiled cached step
+
+
+def compiled_step(model, **compile_kwargs):
+    """``model.step`` compiled once per model with ``torch.compile(dynamic=True)``: the cache length and the
+    set sizes are symbolic, so a whole sampling run, and later runs at any K, reuse a handful of graphs
+    (the first step, the second, then one for every later step; tests/test_sampling.py counts them). It
+    computes what ``model.step`` computes; what it saves is the per-operation overhead of a cached step."""
+    if model not in _COMPILED:
+        _COMPILED[model] = torch.compile(model.step, dynamic=True, **compile_kwargs)
+    return _COMPILED[model]
 
 
 def filter_logits(logits, temperature=1.0, top_k=None, top_p=None):
@@ -128,6 +140,7 @@ def generate(
     seeds=None,
     attn: str | None = None,
     on_step=None,
+    compile: bool = False,
 ):
     """Sample ``LongTensor[B, N]`` (raster layout) for class ``labels [B]``.
 
@@ -140,6 +153,8 @@ def generate(
         known cells as one set and all unknown cells as another (MAR-style; recomputed, no cache).
         Defaults to ``full`` for models trained with full decoder self-attention, else ``causal``.
     on_step: called as ``on_step(tokens, filled)`` after each sampled set (``filled [B, N]`` bool).
+    compile: run the cached steps through ``compiled_step`` (the same tokens; the first call compiles,
+        which on a CPU takes a minute or two, so it pays for long samplings, e.g. 50k images for an FID).
     """
     order, sizes, n_prefill_sets, tokens, attn = check_request(
         model, labels, order, intervals, cfg_schedule=cfg_schedule, prefill=prefill, attn=attn,
@@ -150,6 +165,7 @@ def generate(
     cond_labels = torch.cat([labels, torch.full_like(labels, model.null_class)]) if use_cfg else labels
     cached = kv_cache and attn == "causal"
     cache = model.new_cache(len(cond_labels), sizes, next(model.parameters()).dtype, device) if cached else None
+    step = compiled_step(model) if compile and cached else model.step
     filled, order2 = torch.zeros_like(tokens, dtype=torch.bool), dup(order)
 
     end = 0
@@ -159,7 +175,7 @@ def generate(
         if cached:
             prev = order[:, start - sizes[k - 1] : start] if k else None
             prev_tok = dup(tokens.gather(1, prev)) if k else None
-            logits = model.step(cache, cond_labels, prev_tok, dup(prev) if k else None, dup(cells))
+            logits = step(cache, cond_labels, prev_tok, dup(prev) if k else None, dup(cells))
         else:
             view = sizes[: k + 1] if attn == "causal" else ([start, n_tok - start] if start else [n_tok])
             logits = model.logits_through(dup(tokens), cond_labels, order2, view, len(view))[:, start:end]
@@ -208,6 +224,7 @@ class Sampler:
     kv_cache: bool = True
     attn: str | None = None
     seed: int = 0
+    compile: bool = False  # speed only, not part of the setting: compiled and eager give the same tokens
 
     @classmethod
     def from_row(cls, row: dict) -> Sampler:
@@ -230,7 +247,8 @@ class Sampler:
         order = make_order(self.order, model.height, model.width, len(index), device=device, seeds=seeds)
         return labels, dict(order=order, intervals=self.intervals(model.num_tokens), cfg_scale=self.cfg_scale,
                             cfg_schedule=self.cfg_schedule, temperature=self.temperature, top_k=self.top_k,
-                            top_p=self.top_p, kv_cache=self.kv_cache, seeds=seeds, attn=self.attn)
+                            top_p=self.top_p, kv_cache=self.kv_cache, seeds=seeds, attn=self.attn,
+                            compile=self.compile)
 
     def sample(self, model, index: torch.Tensor, num_classes: int, device=None, **extra) -> torch.Tensor:
         """Codes ``LongTensor[B, N]`` of images ``index``; ``extra`` goes to ``generate`` (prefill, on_step)."""

@@ -22,6 +22,25 @@ def test_ar_end_report_has_the_flop_and_time_ratios():
     assert "4x4" in text and "FLOPs FMT/GPT" in text
 
 
+def test_ar_end_measures_the_compiled_step_when_asked(monkeypatch):
+    import sar_lightning.sampling as sampling
+
+    compiled = []
+    monkeypatch.setattr(sampling, "compiled_step", lambda model: compiled.append(model) or model.step)  # no Inductor
+    rows = measure_ar_end(batch=2, repeats=1, sides=(4,), compile=True)
+    assert rows[0]["small_compiled"] > 0 and rows[0]["gpt-small_compiled"] > 0 and len(compiled) >= 2
+    assert "the same with the compiled step" in report_ar_end(rows, 2)
+
+
+def test_ar_end_report_with_the_compiled_step():
+    row = {"grid": "8x8", "small_flops": 117.0, "gpt-small_flops": 100.0, "small_forward": 1.0, "small_sample": 6.0,
+           "gpt-small_sample": 5.0, "small_compiled": 3.0, "gpt-small_compiled": 2.5}
+    lines = report_ar_end([row], 32).splitlines()
+    compiled = lines[lines.index("the same with the compiled step (generate(compile=True))") + 3]
+    assert compiled.split("|")[3:] == ["        1.20x ", "                3.00x ", "                2.00x"]
+    assert "compiled" not in report_ar_end([{k: v for k, v in row.items() if "compiled" not in k}], 32)
+
+
 def test_flops_count_the_matmuls():
     model = build_model("tiny", vocab_size=5, height=2, width=2)
     x = torch.randn(3, 64)

@@ -420,3 +420,33 @@ def test_bf16_cache_may_differ_a_little_fp32_not_at_all():
         out = generate(bf16, LABELS, kv_cache=cache, **kw)
         assert out.shape == (3, N) and bool(((out >= 0) & (out < V)).all())
     assert torch.equal(generate(fp32, LABELS, **kw), generate(fp32, LABELS, kv_cache=False, **kw))
+
+
+@pytest.mark.slow
+def test_compiled_step_gives_the_same_tokens_and_never_recompiles_per_step():
+    """``generate(compile=True)`` runs the cached steps through one ``torch.compile(dynamic=True)`` of the model's
+    step: the same tokens as eager, a handful of graphs for a whole sampling run (8 for these three, not one per
+    step, though the cache grows every step), and nothing new when the same requests come again. A counting backend
+    stands in for the compiler (Inductor's C++ build takes minutes on this CPU; ``make bench`` times it)."""
+    from sar_lightning.sampling import compiled_step
+
+    graphs = []
+
+    def counting(gm, example_inputs):  # called once per compiled graph
+        graphs.append(gm)
+        return gm.forward
+
+    torch.manual_seed(0)
+    m = build_model("tiny", class_dropout=0.0).eval()
+    step = compiled_step(m, backend=counting)
+    requests = [("raster", [1] * N, {}), ("random", make_intervals("uniform", N, 16), dict(cfg_scale=3.0)),
+                ("spiral", make_intervals("cosine", N, 8), dict(temperature=0.7))]
+    for order, intervals, opts in requests:
+        kw = dict(order=order, intervals=intervals, **opts)
+        assert torch.equal(generate(m, LABELS, compile=True, generator=gen(2), **kw),
+                           generate(m, LABELS, generator=gen(2), **kw))
+    first = len(graphs)
+    assert 0 < first <= 3 * len(requests), f"{first} graphs for {len(requests)} samplings of 8-64 steps"
+    for order, intervals, opts in requests:
+        generate(m, LABELS, order=order, intervals=intervals, generator=gen(3), compile=True, **opts)
+    assert len(graphs) == first and compiled_step(m) is step
