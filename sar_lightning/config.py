@@ -172,9 +172,10 @@ def _load_tree(path: Path, seen: tuple = ()):
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | tuple = (), *,
-                defaults: list[str] | tuple = (), experiments: str | Path | None = None) -> Config:
+                defaults: list[str] | tuple = (), experiments: str | Path | None = None, check: bool = True) -> Config:
     """Merge ``defaults`` (names under ``experiments/``), ``path`` (with its own defaults) and
-    ``key=value`` overrides onto the schema, in that order; validate."""
+    ``key=value`` overrides onto the schema, in that order; validate (types always; with ``check`` also
+    choices, consistency and that the data is there, which reading an archived run's config skips)."""
     try:
         tree = OmegaConf.structured(Config)
         for name in defaults:
@@ -189,7 +190,8 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple = (
     except OmegaConfBaseException as err:
         key = getattr(err, "full_key", None)
         raise ConfigError(f"bad config value{f' at {key!r}' if key else ''}: {err.msg}") from None
-    check_config(cfg)
+    if check:
+        check_config(cfg)
     return cfg
 
 
@@ -336,13 +338,15 @@ def run_identity(cfg: Config) -> dict:
     return ident
 
 
-def recipe_id(cfg: Config) -> str:
+def recipe_id(cfg: Config, run: str | None = None) -> str:
     """The run id without its seed: ``{order}-{K}-{schedule}_{model}_{data}_{hash}``, the hash over
-    ``run_identity`` less ``train.seed``. A run's training-seed replicas share it."""
+    ``run_identity`` less ``train.seed``. A run's training-seed replicas share it. Given the run's id
+    (its folder name), the name part is taken from it, so the data need not be on this machine (a fresh
+    clone reading the results archive has no codes folder to count N from)."""
     ident = run_identity(cfg)
     ident["train"].pop("seed", None)
     digest = hashlib.sha1(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:6]
-    return run_id(cfg).rsplit("_s", 1)[0] + f"_{digest}"
+    return (run or run_id(cfg)).rsplit("_s", 1)[0] + f"_{digest}"
 
 
 def run_id(cfg: Config) -> str:

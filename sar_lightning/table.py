@@ -84,7 +84,7 @@ def _recipe(run_dir: Path) -> str | None:
     from .config import ConfigError, load_config, recipe_id
 
     try:
-        return recipe_id(load_config(run_dir / CONFIG))
+        return recipe_id(load_config(run_dir / CONFIG, check=False), run_dir.name)  # the data may be elsewhere
     except (ConfigError, OSError, ValueError):
         return None
 

@@ -326,3 +326,21 @@ def test_old_single_seed_tables_still_plot_without_intervals(tmp_path, figures):
     old.to_csv(table, index=False)
     assert plot_tradeoffs.main(["--table", str(table), "--out", str(out)]) == 0
     assert (out / "summary.md").read_text() == summary
+
+
+def test_seed_replicas_of_codes_runs_share_a_recipe_without_the_codes_on_this_machine(tmp_path, monkeypatch):
+    """The archive's Fashion-MNIST runs name a codes folder a fresh clone does not have: their recipe comes
+    from the run id and the config alone, so the two seeds still fold into one recipe."""
+    archive = Path(__file__).resolve().parents[1] / "docs" / "results" / "runs"
+    runs = sorted(archive.glob("raster-49-ar_tiny_fashion_mnist_vq7_s*"))
+    assert len(runs) >= 2
+    root = tmp_path / "root"
+    for run in runs:
+        (root / run.name).mkdir(parents=True)
+        for name in ("config.yaml", "results.jsonl"):
+            (root / run.name / name).write_text((run / name).read_text())
+    monkeypatch.chdir(tmp_path)  # data/fashion_mnist_vq7 is not here
+    df = collect.collect(root)
+    assert df["recipe"].nunique() == 1 and df["run_id"].nunique() == len(runs)
+    assert df["recipe"].iloc[0].startswith("raster-49-ar_tiny_fashion_mnist_vq7_")
+    assert df["recipe"].iloc[0] == collect._recipe(root / runs[0].name)
