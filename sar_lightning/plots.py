@@ -130,8 +130,14 @@ def _titles(fig, ax, own: str, question: str | None, note: str = "", ax_share: f
 
 
 def _save(fig, out: Path, name: str, written: list[str]) -> None:
+    """PNG and PDF, each replaced in one rename; no creation date in the PDF, so redrawing the same table
+    gives the same bytes (a fresh clone's ``make report`` leaves git clean)."""
+    from .files import atomic_write
+
     for ext in ("png", "pdf"):
-        fig.savefig(out / f"{name}.{ext}", bbox_inches="tight", dpi=130)
+        meta = {"CreationDate": None} if ext == "pdf" else {}
+        atomic_write(out / f"{name}.{ext}", lambda path, ext=ext, meta=meta: fig.savefig(
+            path, format=ext, bbox_inches="tight", dpi=130, metadata=meta))
     plt.close(fig)
     written.append(name)
 

@@ -130,6 +130,10 @@ def test_figures_for_one_grid(tmp_path, grid, figures):
     summary = (out / f"{grid}_summary.md").read_text()
     assert summary.startswith(f"# Question of {grid}?")
     assert ("raster" in summary) == (grid == "orders") and ("MAR split" in summary) == (grid == "mar")
+    # drawn again from the same table: the same bytes (no dates in the PDFs), no temporary file left
+    first = {p.name: p.read_bytes() for p in out.iterdir()}
+    assert plot_tradeoffs.main(["--root", str(root), "--grid", grid, "--out", str(out)]) == 0
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == first
 
 
 def test_figures_for_a_partial_table_skip_what_is_missing(tmp_path, capsys):
