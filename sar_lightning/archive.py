@@ -28,7 +28,18 @@ import sys
 from pathlib import Path
 
 from .files import atomic_write_text
-from .runs import CONFIG, DONE, RESULTS, SWEEPS, merge_history, read_results, results_text, setting_id, sweep_record
+from .runs import (
+    CONFIG,
+    DONE,
+    RESULTS,
+    SWEEPS,
+    merge_history,
+    read_results,
+    results_text,
+    setting_id,
+    superseded,
+    sweep_history,
+)
 
 ARCHIVE = "docs/results/runs"
 
@@ -66,10 +77,9 @@ def merge_manifest(old: dict | None, new: dict, replaced: set = frozenset()) -> 
     """``new`` with the runs of ``old`` it does not name and both sweep histories (each sweep once). When
     every run of ``old`` has been trained again (``replaced``), its sweeps no longer describe any archived
     row, and only ``new``'s history is kept (the wall time is the re-run's, not the sum)."""
-    if old and old.get("runs") and all(r["run_id"] in replaced for r in old["runs"]):
+    if superseded(old, replaced):
         old = None
-    history = merge_history(list((old or {}).get("sweeps") or ([sweep_record(old)] if old else [])),
-                            new.get("sweeps") or [sweep_record(new)])
+    history = merge_history(sweep_history(old), sweep_history(new))
     named = {r["run_id"] for r in new.get("runs", [])}
     runs = [r for r in (old or {}).get("runs", []) if r["run_id"] not in named] + list(new.get("runs", []))
     return {**new, "runs": runs, "sweeps": history}

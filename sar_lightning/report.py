@@ -119,15 +119,21 @@ def render(results: list[Result], root: str, runs: pd.DataFrame | None, out: Pat
 
 
 def wall_times(root: str) -> list[str]:
-    """A section with each grid's wall time, from the manifests ``<root>/sweeps/*.json``: summed over the sweeps
-    its ``sweeps`` history records (``sar_lightning.archive`` keeps one entry per sweep), else its last sweep.
-    Runs a sweep skipped because they were done cost it nothing."""
-    from .runs import read_manifests, sweep_record
+    """A section with each grid's wall time (``wall_time_table``), or nothing without manifests."""
+    table = wall_time_table(root)
+    return ["", "## Wall time per grid", "", *table, ""] if table else []
+
+
+def wall_time_table(root: str) -> list[str]:
+    """Each grid's wall time, from the manifests ``<root>/sweeps/*.json``: summed over the sweeps its ``sweeps``
+    history records (one entry per sweep), else its last sweep; a sentence, then the table. Runs a sweep
+    skipped because they were done cost it nothing."""
+    from .runs import read_manifests, sweep_history
 
     rows = []
     for m in read_manifests(root):
         runs = m.get("runs", [])
-        history = m.get("sweeps") or [sweep_record(m)]
+        history = sweep_history(m)
         trained = sum(h.get("trained") or 0 for h in history)
         seeds = sorted({r["seed"] for r in runs if r.get("seed") is not None})
         seconds = [h["seconds"] for h in history if h.get("seconds") is not None]
@@ -139,11 +145,11 @@ def wall_times(root: str) -> list[str]:
                     f"| {trained} | {','.join(map(str, seeds)) or '-'} | {jobs} | {sweeps} | {wall} |")
     if not rows:
         return []
-    return ["", "## Wall time per grid", "", "Each grid's sweeps as its manifest records them, wall times summed over "
-            "the sweeps that ran it (2-core reference machine unless said otherwise); an unfinished sweep (killed, "
-            "or still running) counts up to its last recorded run.", "",
+    return ["Each grid's sweeps as its manifest records them, wall times summed over the sweeps that ran it "
+            "(2-core reference machine unless said otherwise); an unfinished sweep (killed, or still running) counts "
+            "up to its last recorded run.", "",
             "| grid | profile / data | runs | trained or resumed | seeds | jobs | sweeps | wall time |",
-            "|---" * 8 + "|", *rows, ""]
+            "|---" * 8 + "|", *rows]
 
 
 # ---- README's generated block ----------------------------------------------------------------------------------------
@@ -161,8 +167,8 @@ def readme_block(results: list[Result], root: str, runs: pd.DataFrame | None) ->
              "| # | finding | ours (95% interval) | seeds | verdict |", "|---" * 5 + "|"]
     lines += [f"| {r.finding.number} | {r.finding.title} ({r.data}) | {headline(r)} | {seeds_range(r)} | "
               f"{verdict_text(r)} |" for r in results]
-    walls = wall_times(root)
-    lines += [""] + walls[3:-1] if walls else []  # the wall-time table without its heading and last blank line
+    table = wall_time_table(root)
+    lines += ["", *table] if table else []
     return "\n".join(lines + ["", README_END])
 
 

@@ -265,6 +265,17 @@ def sweep_record(manifest: dict) -> dict:
     return {"started": manifest["started"]} | record if manifest.get("started") else record  # older: no start
 
 
+def sweep_history(manifest: dict | None) -> list[dict]:
+    """A manifest's ``sweeps`` history; for a manifest written before there was one, its own record."""
+    return list(manifest.get("sweeps") or [sweep_record(manifest)]) if manifest else []
+
+
+def superseded(old: dict | None, retrained: set) -> bool:
+    """Whether every run of the earlier manifest ``old`` has been trained again (its run id in ``retrained``):
+    then its sweeps describe no result any more, and a history built on it starts afresh."""
+    return bool(old and old.get("runs")) and all(r["run_id"] in retrained for r in old["runs"])
+
+
 def merge_history(old: list[dict], new: list[dict]) -> list[dict]:
     """Two sweep histories as one, each sweep once: a record of ``new`` replaces one of ``old`` that started at
     the same time (the same sweep, recorded later), and is added when no equal record is there."""

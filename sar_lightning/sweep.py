@@ -59,7 +59,7 @@ from .files import atomic_write_text
 from .model import MODELS, model_class
 from .processes import CHILDREN, Children, SweepInterrupted, install_stop_handlers, restore_handlers
 from .progress import SweepProgress
-from .runs import SWEEPS, RunDir, manifest_path, merge_history, run_cli, sweep_record
+from .runs import SWEEPS, RunDir, manifest_path, merge_history, run_cli, superseded, sweep_history, sweep_record
 
 PROFILES = ("smoke", "default", "gpu", "paper")
 
@@ -535,10 +535,9 @@ class Manifest:
         manifest = self.head | {"seconds": round(time.time() - self.start, 1),
                                 "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z") if finished else None,
                                 "runs": runs}
-        old, again = self.earlier, {r["run_id"] for r in runs if r["status"] == "trained"}
-        keep = old and not all(r.get("run_id") in again for r in old.get("runs", []))
-        history = (old.get("sweeps") or [sweep_record(old)]) if keep else []
-        manifest["sweeps"] = merge_history(history, [sweep_record(manifest)])
+        again = {r["run_id"] for r in runs if r["status"] == "trained"}
+        earlier = [] if superseded(self.earlier, again) else sweep_history(self.earlier)
+        manifest["sweeps"] = merge_history(earlier, [sweep_record(manifest)])
         atomic_write_text(self.path, json.dumps(manifest, indent=1))  # whole or not
 
 

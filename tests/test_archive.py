@@ -7,7 +7,7 @@ from pathlib import Path
 
 from sar_lightning import archive as A
 from sar_lightning.report import wall_times
-from sar_lightning.runs import read_results
+from sar_lightning.runs import read_results, sweep_record
 
 
 def _row(k: int, fd: float, extractor: str = "digits_cnn") -> dict:
@@ -102,10 +102,10 @@ def test_a_sweep_archived_while_it_ran_and_again_after_counts_once(tmp_path):
     into, root = tmp_path / "archive", _session(tmp_path / "a", {"r_s0": [_row(1, 9.0)]}, 60.0, None)
     file = root / "sweeps" / "orders-default.json"
     running = json.loads(file.read_text()) | {"started": "2026-12-03T10:00:00+0000"}
-    file.write_text(json.dumps(running | {"sweeps": [A.sweep_record(running)]}))
+    file.write_text(json.dumps(running | {"sweeps": [sweep_record(running)]}))
     A.archive(root, into)
     done = running | {"seconds": 600.0, "finished": "2026-12-03T10:10:00+0000"}
-    file.write_text(json.dumps(done | {"sweeps": [A.sweep_record(done)]}))
+    file.write_text(json.dumps(done | {"sweeps": [sweep_record(done)]}))
     A.archive(root, into)
     history = json.loads((into / "sweeps" / "orders-default.json").read_text())["sweeps"]
     assert [(h["seconds"], h["finished"]) for h in history] == [(600.0, "2026-12-03T10:10:00+0000")]
