@@ -12,7 +12,11 @@ With ``--train`` it measures training throughput instead (tokens per second of o
 forward + backward, at the same batch) for FMT-small as raster-64-ar, random-16-random and
 random-2-mar, and for the GPT baseline of the same width and depth, with ratios to the GPT.
 
-    python -m sar_lightning.bench [--batch 64] [--repeats 3] [--threads N] [--train] [--compile]
+The AR-end table (FMT-small at raster K = N against gpt-small, batch 32, 8x8 and 16x16) takes ``--width``
+for both models (the issue's first measurement used width 256; ``small`` is 96 wide): the narrower the
+model, the more a cached step's time is per-operation overhead rather than arithmetic.
+
+    python -m sar_lightning.bench [--batch 64] [--repeats 3] [--threads N] [--train] [--compile] [--width W]
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ from functools import partial
 import torch
 
 from .intervals import make_intervals
-from .model import build_model
+from .model import MODELS, build_model
 from .orders import make_order
 from .sampling import Sampler, generate
 
@@ -83,18 +87,20 @@ def flops(fn) -> int:
 
 
 @torch.inference_mode()
-def measure_ar_end(batch: int = 32, repeats: int = 3, sides=(8, 16), compile: bool = False) -> list[dict]:
+def measure_ar_end(batch: int = 32, repeats: int = 3, sides=(8, 16), compile: bool = False,
+                   width: int | None = None) -> list[dict]:
     """The FMT at the AR end (raster, K = N, KV cache) against the GPT baseline of equal width and depth,
     per grid side: FLOPs per image of one teacher-forced forward, sampling seconds per image, and the
     FMT's cached K = N sampling against its own forward. With ``compile`` also both samplers with the
-    compiled step (``generate(compile=True)``; compiled in the warm-up call, which is not timed)."""
-    rows = []
+    compiled step (``generate(compile=True)``; compiled in the warm-up call, which is not timed). ``width``:
+    both models' width instead of small's 96 (4 heads, SwiGLU hidden 3 x width; depth stays small's 3 + 3)."""
+    rows, wide = [], {} if width is None else {"dim": width, "ffn_multiple": width}
     for side in sides:
         n, vocab = side * side, 17 if side <= 8 else 256
-        row, fns = {"grid": f"{side}x{side}"}, {}
+        row, fns = {"grid": f"{side}x{side}", "width": width or MODELS["small"]["dim"]}, {}
         for name in ("small", "gpt-small"):
             torch.manual_seed(0)
-            model = build_model(name, vocab_size=vocab, height=side, width=side).eval()
+            model = build_model(name, vocab_size=vocab, height=side, width=side, **wide).eval()
             tokens = torch.randint(0, vocab, (batch, n), generator=torch.Generator().manual_seed(0))
             labels, kwargs = Sampler("raster", "uniform", n, seed=1).request(model, torch.arange(batch), 10)
             forward = partial(model, tokens, labels, kwargs["order"], [1] * n)
@@ -108,7 +114,8 @@ def measure_ar_end(batch: int = 32, repeats: int = 3, sides=(8, 16), compile: bo
 
 
 def report_ar_end(rows: list[dict], batch: int) -> str:
-    lines = [f"FMT-small at the AR end (raster, K = N, KV cache) vs gpt-small (same width and depth), batch {batch}",
+    lines = [f"FMT-small at the AR end (raster, K = N, KV cache) vs gpt-small (same width and depth), "
+             f"width {rows[0].get('width', MODELS['small']['dim'])}, batch {batch}",
              "", "grid  | FLOPs FMT/GPT | sample s/img FMT | GPT      | time FMT/GPT | FMT sample / forward",
              "------+---------------+------------------+----------+--------------+---------------------"]
     for r in rows:
@@ -209,6 +216,8 @@ def main(argv=None) -> None:
     parser.add_argument("--train", action="store_true", help="measure training throughput instead")
     parser.add_argument("--compile", action="store_true", help="also time the AR end with the compiled sampling "
                         "step (torch.compile; a few minutes of compiling on a CPU)")
+    parser.add_argument("--width", type=int, default=None, help="width of both models in the AR-end table "
+                        "(default: small's 96; the issue's baseline used 256)")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -217,7 +226,7 @@ def main(argv=None) -> None:
     else:
         print(report(measure(args.batch, args.repeats), args.batch, args.repeats))
         print()
-        print(report_ar_end(measure_ar_end(32, args.repeats, compile=args.compile), 32))
+        print(report_ar_end(measure_ar_end(32, args.repeats, compile=args.compile, width=args.width), 32))
 
 
 if __name__ == "__main__":

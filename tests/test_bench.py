@@ -22,6 +22,13 @@ def test_ar_end_report_has_the_flop_and_time_ratios():
     assert "4x4" in text and "FLOPs FMT/GPT" in text
 
 
+def test_ar_end_takes_the_width_of_both_models():
+    narrow, wide = (measure_ar_end(batch=2, repeats=1, sides=(4,), width=w)[0] for w in (None, 32))
+    assert (narrow["width"], wide["width"]) == (96, 32)
+    assert wide["small_flops"] < narrow["small_flops"] and wide["gpt-small_flops"] < narrow["gpt-small_flops"]
+    assert "width 32, batch 2" in report_ar_end([wide], 2)
+
+
 def test_ar_end_measures_the_compiled_step_when_asked(monkeypatch):
     import sar_lightning.sampling as sampling
 
