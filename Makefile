@@ -10,8 +10,10 @@ ROOT ?= runs
 # SEEDS=0,1,2 replicates every run of a grid per training seed; sweep-all and sweep-anneal use ALL_SEEDS.
 SEEDS ?=
 ALL_SEEDS ?= 0,1,2
+# EXTRA_EVALS=1 adds a grid's extra_evals: (settings too dear for the main job); sweep-all sets it.
+EXTRA_EVALS ?=
 SWEEP = $(PY) -m sar_lightning.sweep --profile $(PROFILE) --jobs $(JOBS) --root $(ROOT) $(if $(DATA),--data $(DATA)) \
-	$(if $(SEEDS),--seeds $(SEEDS))
+	$(if $(SEEDS),--seeds $(SEEDS)) $(if $(EXTRA_EVALS),--extra-evals)
 PLOT = $(PY) analysis/plot_tradeoffs.py --root $(ROOT)
 # DATA=fashion_mnist moves a sweep onto Fashion-MNIST VQ codes (experiments/grids/data/), extracted first.
 FASHION_VQ := data/tokenizers/fashion_mnist_vq7
@@ -85,7 +87,7 @@ sweep-anneal: install ## RAR's order annealing against raster and random, sample
 	$(SWEEP) experiments/grids/anneal.yaml $(if $(SEEDS),,--seeds $(ALL_SEEDS)) $(ARGS) && $(PLOT) --grid anneal
 
 sweep-all: install ## every grid (orders, intervals, mar, spectrum, anneal) with ALL_SEEDS training seeds, the plots, the report
-	$(MAKE) sweep-orders sweep-intervals sweep-mar sweep-spectrum sweep-anneal SEEDS=$(or $(SEEDS),$(ALL_SEEDS))
+	$(MAKE) sweep-orders sweep-intervals sweep-mar sweep-spectrum sweep-anneal SEEDS=$(or $(SEEDS),$(ALL_SEEDS)) EXTRA_EVALS=1
 	$(PLOT)
 	$(MAKE) report
 

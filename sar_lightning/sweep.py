@@ -12,6 +12,8 @@ Training seeds (``--seeds 0,1,2``, else a profile's or the grid's ``seeds:``) re
 grid: replica ``s`` trains with ``train.seed=s`` (part of the run id) and samples with ``infer.seed=s``,
 so each replica has its own training draws and its own samples. Replicas share their grid label.
 ``--only raster,random`` runs just the grid's runs of those labels (the same run ids as in the whole grid).
+``--extra-evals`` adds the grid's ``extra_evals:`` blocks, settings too dear for the main job's time
+(``make sweep-all`` passes it); a finished run then samples only those.
 
 Finished runs are skipped, interrupted ones resume from their last checkpoint, evaluation only
 samples the settings missing from each run's results. Jobs run as subprocesses or through submitit
@@ -78,6 +80,7 @@ class GridSpec:
     defaults: list[str]
     runs: list[RunSpec]
     evals: list[dict[str, Any]] = field(default_factory=lambda: [{}])
+    extra_evals: list[dict[str, Any]] = field(default_factory=list)  # only with --extra-evals (make sweep-all)
     profiles: dict[str, Any] = field(default_factory=dict)  # profile -> {train: {...}, eval: {...}, seeds}
     seeds: list[int] | None = None  # training seeds; a profile's seeds or --seeds win
     slurm: dict[str, Any] = field(default_factory=dict)
@@ -171,9 +174,10 @@ def parse_seeds(text: str | list | None) -> list[int] | None:
 
 def expand(grid_path: str | Path, profile: str = "default", root: str | None = None, jobs: int = 1,
            extra: list[str] | tuple = (), data: str | None = None, seeds: list[int] | None = None,
-           only: list[str] | None = None) -> tuple[GridSpec, list[Job]]:
-    """Grid file -> validated jobs (one per run and training seed; ``only``: the runs with these labels).
-    Every run config is checked before any work starts."""
+           only: list[str] | None = None, extra_evals: bool = False) -> tuple[GridSpec, list[Job]]:
+    """Grid file -> validated jobs (one per run and training seed; ``only``: the runs with these labels;
+    ``extra_evals``: the grid's ``extra_evals:`` blocks after its ``evals:``). Every run config is checked
+    before any work starts."""
     grid_path = Path(grid_path)
     grid = load_grid(grid_path)
     if only:
@@ -207,7 +211,8 @@ def expand(grid_path: str | Path, profile: str = "default", root: str | None = N
             cfg = load_config(None, overrides, defaults=defaults, experiments=experiments)
         info = data_info(cfg.data)
         n_tok = info["height"] * info["width"]
-        evals = [_dotlist({**eval_over, **e}, n_tok) for e in (grid.evals or [{}])]
+        blocks = [*(grid.evals or [{}]), *(grid.extra_evals if extra_evals else [])]
+        evals = [_dotlist({**eval_over, **e}, n_tok) for e in blocks]
         cfg = load_config(None, [*overrides, *evals[0]], defaults=defaults, experiments=experiments)
         rid = run_id(cfg)
         if rid in seen:
@@ -542,12 +547,12 @@ class Manifest:
 
 
 def sweep(grid_path, profile="default", jobs=None, root=None, launcher="local", extra=(), data=None,
-          seeds=None, only=None) -> list[dict]:
+          seeds=None, only=None, extra_evals=False) -> list[dict]:
     """Run a grid (see the module doc); the results, one per run. With the local launcher, SIGINT and SIGTERM
     stop it cleanly (from the main thread): the manifest records the statuses so far and ``SweepInterrupted``
     is raised once the running jobs are stopped and its message printed on stderr."""
     jobs = jobs or available_cores()
-    grid, todo = expand(grid_path, profile, root, jobs, extra, data, seeds, only)
+    grid, todo = expand(grid_path, profile, root, jobs, extra, data, seeds, only, extra_evals)
     root_dir = Path(todo[0].run_dir).parent if todo else Path(root or "runs")
     tag = f"{profile}-{data}" if data else profile  # one manifest per (grid, profile, data overlay)
     print(f"[sweep] {grid.name} ({tag}): {len(todo)} runs, {jobs} at a time via {launcher}: {grid.question}")
@@ -591,13 +596,16 @@ def main(argv: list[str] | None = None) -> int:
                    "(default: the profile's or the grid's seeds:, else the configs' train.seed)")
     p.add_argument("--only", default=None, help="comma-separated run labels of the grid: run just those "
                    "(e.g. --only raster,random)")
+    p.add_argument("--extra-evals", action="store_true", help="also sample the grid's extra_evals: blocks "
+                   "(settings too dear for the main job; make sweep-all passes this)")
     p.add_argument("overrides", nargs="*", help="key=value applied to every run")
     args = p.parse_intermixed_args(argv)  # options may follow the key=value overrides, and vice versa
     results = []
 
     def work():
         results.extend(sweep(args.grid, args.profile, args.jobs, args.root, args.launcher, args.overrides, args.data,
-                             args.seeds, [x.strip() for x in args.only.split(",") if x.strip()] if args.only else None))
+                             args.seeds, [x.strip() for x in args.only.split(",") if x.strip()] if args.only else None,
+                             args.extra_evals))
 
     try:
         code = run_cli("sweep", work)  # bad input: one line, exit 2

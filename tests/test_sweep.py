@@ -58,6 +58,23 @@ def test_only_picks_runs_by_label_with_the_run_ids_of_the_whole_grid(tmp_path, c
     assert not (tmp_path / "c").exists()  # nothing written
 
 
+def test_extra_evals_only_when_asked(tmp_path, monkeypatch):
+    """The orders grid's extra_evals (make sweep-all): the same runs, one more evaluation block at the end."""
+    grid = REPO / "experiments" / "grids" / "orders.yaml"
+    _, plain = expand(grid, "smoke", root=str(tmp_path))
+    _, extra = expand(grid, "smoke", root=str(tmp_path), extra_evals=True)
+    assert [j.run_id for j in extra] == [j.run_id for j in plain]
+    for p, e in zip(plain, extra):
+        assert e.evals[:-1] == p.evals and len(e.evals) == len(p.evals) + 1
+        assert 'infer.orders=["next_scale", "fixed_random"]' in e.evals[-1] and "infer.num_steps=[64]" in e.evals[-1]
+    import sar_lightning.sweep as sweep_module
+
+    seen = []
+    monkeypatch.setattr(sweep_module, "sweep", lambda *a: seen.append(a[-1]) or [])
+    assert main([str(grid), "--profile", "smoke", "--extra-evals"]) == 0 and main([str(grid)]) == 0
+    assert seen == [True, False]
+
+
 def test_paper_profile_says_what_data_is_missing(tmp_path):
     with pytest.raises(ConfigError, match="imagenet_vq16"):
         expand(GRIDS[0], "paper", root=str(tmp_path))
