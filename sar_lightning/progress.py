@@ -25,7 +25,8 @@ class SweepProgress:
         self.stream = stream or sys.stdout
         self.title, self.interval, self.start = title, interval, time.time()
         self.runs = {j.label: RunDir(j.run_dir) for j in jobs}
-        self.state = {j.label: "done" if j.status == "done" else "queued" for j in jobs}
+        self.state = {j.label: "done" if j.status == "done" and not getattr(j, "evaluation_left", False) else "queued"
+                      for j in jobs}
         self.detail = {j.label: "" for j in jobs}
         self.lock, self.stop_event = threading.Lock(), threading.Event()
         self.live, self.line_every = None, line_every

@@ -96,6 +96,7 @@ class Job:
     status: str = "new"
     name: str = ""  # the grid label, shared by a run's seed replicas (``label`` is unique: "raster s1")
     seed: int | None = None
+    evaluation_left: bool = False  # a trained run (status done) with settings still to sample
 
     def __post_init__(self):
         self.name = self.name or self.label
@@ -223,6 +224,8 @@ def expand(grid_path: str | Path, profile: str = "default", root: str | None = N
                        name=spec.label, seed=cfg.train.seed))
     for run, text in configs:  # only once every run is valid: evaluation settings may have changed
         atomic_write_text(run.config, text)
+    for job, (run, _) in zip(out, configs):
+        job.evaluation_left = job.status == "done" and _evaluation_left(run, job.evals)
     return grid, out
 
 

@@ -86,6 +86,13 @@ def test_progress_prints_a_line_per_event_with_counts_and_time_left(tmp_path):
     assert lines[-1].startswith("[sweep] b: failed") and "2/2 runs done" in lines[-1]
 
 
+def test_progress_counts_a_trained_run_with_settings_left_as_not_done(tmp_path):
+    jobs = [SimpleNamespace(label="a", run_dir=str(tmp_path / "a"), status="done", evaluation_left=True),
+            SimpleNamespace(label="b", run_dir=str(tmp_path / "b"), status="done")]
+    progress = SweepProgress(jobs, "test", stream=io.StringIO())
+    assert progress.summary().startswith("1/2 runs done") and progress.fraction("a") == 0.0
+
+
 def test_progress_prints_what_active_runs_do_every_period(tmp_path):
     jobs = [SimpleNamespace(label="a", run_dir=str(tmp_path / "a"), status="new")]
     out = io.StringIO()

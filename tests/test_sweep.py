@@ -111,6 +111,7 @@ def test_smoke_sweep_with_two_seeds_end_to_end_then_rerun_trains_nothing(tmp_pat
     alone = tmp_path / "alone" / run0.name
     shutil.copytree(run0, alone, ignore=shutil.ignore_patterns("results.jsonl"))
     _, jobs = expand(grid, "smoke", root=str(root), seeds=[0, 1])
+    assert [(j.status, j.evaluation_left) for j in jobs] == [("done", False)] * 2
     assert evaluate_main([str(alone), "threads=1", *jobs[0].evals[0]]) == 0
     separate = read_results(alone / "results.jsonl")
     assert [(r["num_steps"], r["fd"], r["fd_lo"], r["fd_hi"]) for r in separate] == \
@@ -121,6 +122,7 @@ def test_smoke_sweep_with_two_seeds_end_to_end_then_rerun_trains_nothing(tmp_pat
     assert {p: p.stat().st_mtime for p in root.rglob("*.ckpt")} == stamps
     # Only the new step count is sampled when the grid asks for one more.
     grid.write_text(grid.read_text().replace("[1, 4, N]", "[1, 2, 4, N]"))
+    assert all(j.evaluation_left for j in expand(grid, "smoke", root=str(root), seeds=[0, 1])[1])  # not "done" yet
     sweep(grid, "smoke", jobs=2, root=str(root), seeds=[0, 1])
     assert sorted(r["num_steps"] for r in read_results(root / results[0]["run_id"] / "results.jsonl")) == [1, 2, 4, 64]
     history = json.loads((root / "sweeps" / "two-smoke.json").read_text())["sweeps"]  # three sweeps, one file
