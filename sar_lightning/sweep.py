@@ -223,10 +223,25 @@ def expand(grid_path: str | Path, profile: str = "default", root: str | None = N
         out.append(Job(label, rid, str(configs[-1][0].path), evals, threads, configs[-1][0].status(),
                        name=spec.label, seed=cfg.train.seed))
     for run, text in configs:  # only once every run is valid: evaluation settings may have changed
-        atomic_write_text(run.config, text)
+        atomic_write_text(run.config, _as_trained(run, text))
     for job, (run, _) in zip(out, configs):
         job.evaluation_left = job.status == "done" and _evaluation_left(run, job.evals)
     return grid, out
+
+
+TRAINED_WITH = ("trainer", "threads")  # how a run was trained (its threads fix its float rounding)
+
+
+def _as_trained(run: RunDir, text: str) -> str:
+    """A finished run's new config ``text`` with the ``TRAINED_WITH`` keys of its own config: a later sweep
+    updates what evaluation reads, never the record of how the run was trained (training writes them)."""
+    if run.status() != "done" or not run.config.exists():
+        return text
+    old, new = OmegaConf.load(run.config), OmegaConf.create(text)
+    for key in TRAINED_WITH:
+        if key in old:
+            new[key] = old[key]
+    return OmegaConf.to_yaml(new)
 
 
 class Slots:

@@ -121,9 +121,16 @@ def test_smoke_sweep_with_two_seeds_end_to_end_then_rerun_trains_nothing(tmp_pat
     assert [r["status"] for r in again] == ["skipped (done)"] * 2
     assert {p: p.stat().st_mtime for p in root.rglob("*.ckpt")} == stamps
     # Only the new step count is sampled when the grid asks for one more.
+    trained = (run0 / "config.yaml").read_text()
+    assert "enable_progress_bar: false" in trained  # as the sweep trained it
     grid.write_text(grid.read_text().replace("[1, 4, N]", "[1, 2, 4, N]"))
     assert all(j.evaluation_left for j in expand(grid, "smoke", root=str(root), seeds=[0, 1])[1])  # not "done" yet
     sweep(grid, "smoke", jobs=2, root=str(root), seeds=[0, 1])
+    from omegaconf import OmegaConf
+
+    now, then = OmegaConf.load(run0 / "config.yaml"), OmegaConf.create(trained)
+    assert (now.trainer, now.threads) == (then.trainer, then.threads)  # the record of how it trained stays
+    assert list(now.infer.num_steps) == [1, 2, 4, 64] and list(then.infer.num_steps) == [1, 4, 64]  # infer moves
     assert sorted(r["num_steps"] for r in read_results(root / results[0]["run_id"] / "results.jsonl")) == [1, 2, 4, 64]
     history = json.loads((root / "sweeps" / "two-smoke.json").read_text())["sweeps"]  # three sweeps, one file
     assert [h["trained"] for h in history] == [2, 0, 0] and all(h["finished"] and h["started"] for h in history)
