@@ -222,10 +222,10 @@ def expand(grid_path: str | Path, profile: str = "default", root: str | None = N
         configs.append((RunDir(Path(cfg.root) / rid), to_yaml(cfg)))
         out.append(Job(label, rid, str(configs[-1][0].path), evals, threads, configs[-1][0].status(),
                        name=spec.label, seed=cfg.train.seed))
-    for run, text in configs:  # only once every run is valid: evaluation settings may have changed
-        atomic_write_text(run.config, _as_trained(run, text))
-    for job, (run, _) in zip(out, configs):
-        job.evaluation_left = job.status == "done" and _evaluation_left(run, job.evals)
+    for job, (run, text) in zip(out, configs):  # only once every run is valid: evaluation settings may have changed
+        done = job.status == "done"
+        atomic_write_text(run.config, _as_trained(run, text) if done else text)
+        job.evaluation_left = done and _evaluation_left(run, job.evals)
     return grid, out
 
 
@@ -235,7 +235,7 @@ TRAINED_WITH = ("trainer", "threads")  # how a run was trained (its threads fix 
 def _as_trained(run: RunDir, text: str) -> str:
     """A finished run's new config ``text`` with the ``TRAINED_WITH`` keys of its own config: a later sweep
     updates what evaluation reads, never the record of how the run was trained (training writes them)."""
-    if run.status() != "done" or not run.config.exists():
+    if not run.config.exists():
         return text
     old, new = OmegaConf.load(run.config), OmegaConf.create(text)
     for key in TRAINED_WITH:
