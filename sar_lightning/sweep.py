@@ -52,7 +52,9 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import yaml
 from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
 from .config import ConfigError, load_config, run_id, to_yaml
 from .data import data_info
@@ -237,7 +239,12 @@ def _as_trained(run: RunDir, text: str) -> str:
     updates what evaluation reads, never the record of how the run was trained (training writes them)."""
     if not run.config.exists():
         return text
-    old, new = OmegaConf.load(run.config), OmegaConf.create(text)
+    try:
+        old = OmegaConf.load(run.config)
+    except (OSError, yaml.YAMLError, OmegaConfBaseException) as e:  # a torn config is replaced, as before
+        print(f"[sweep] warning: replacing unreadable {run.config}: {e}", file=sys.stderr)
+        return text
+    new = OmegaConf.create(text)
     for key in TRAINED_WITH:
         if key in old:
             new[key] = old[key]

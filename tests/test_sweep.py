@@ -75,6 +75,20 @@ def test_extra_evals_only_when_asked(tmp_path, monkeypatch):
     assert seen == [True, False]
 
 
+def test_a_finished_runs_unreadable_config_is_replaced_not_a_crash(tmp_path, capsys):
+    from sar_lightning.runs import RunDir
+    from sar_lightning.sweep import _as_trained
+
+    run = RunDir(tmp_path / "run")
+    run.path.mkdir()
+    run.config.write_text("trainer: {devices: [1,\n")  # torn
+    assert _as_trained(run, "threads: 2\n") == "threads: 2\n"
+    assert "replacing unreadable" in capsys.readouterr().err
+    run.config.write_text("threads: 1\ntrainer: {devices: 1}\n")
+    assert _as_trained(run, "threads: 0\ntrainer: {devices: 4}\ninfer: {seed: 3}\n") == \
+        "threads: 1\ntrainer:\n  devices: 1\ninfer:\n  seed: 3\n"
+
+
 def test_paper_profile_says_what_data_is_missing(tmp_path):
     with pytest.raises(ConfigError, match="imagenet_vq16"):
         expand(GRIDS[0], "paper", root=str(tmp_path))
