@@ -25,8 +25,8 @@ class ConfigError(ValueError):
 
 @dataclass
 class DataConfig:
-    name: str = "digits"  # an image data set of sar_lightning.datasets, or "codes"
-    path: str | None = None  # codes: folder written by `python -m sar_lightning.tokenize`
+    name: str = "digits"  # an image data set of sar_lightning.data.datasets, or "codes"
+    path: str | None = None  # codes: folder written by `python -m sar_lightning.data.tokenize`
     tokenizer: str = "pixel"  # image data sets: pixel | vq (a VQ-VAE checkpoint at tokenizer_path)
     tokenizer_path: str | None = None
     levels: int = 17  # pixel tokenizer: intensity levels = vocabulary size
@@ -37,7 +37,7 @@ class DataConfig:
 
 @dataclass
 class ModelSection:
-    name: str = "tiny"  # a key of sar_lightning.model.MODELS
+    name: str = "tiny"  # a key of sar_lightning.models.MODELS
     decoder_attn: str = "block_causal"  # block_causal | own_set | full
     first_set_loss: bool = True
     class_dropout: float = 0.1
@@ -210,11 +210,11 @@ def _choice(key: str, value, valid) -> None:
 
 def check_config(cfg: Config) -> None:
     """Choices and consistency the types cannot express. Raises ``ConfigError`` naming the key."""
-    from .data import data_info, known_data
-    from .intervals import SCHEDULES
-    from .masks import DECODER_MODES
-    from .model import MODELS, model_class
-    from .orders import parse_order_name
+    from sar_lightning.core.intervals import SCHEDULES
+    from sar_lightning.core.masks import DECODER_MODES
+    from sar_lightning.core.orders import parse_order_name
+    from sar_lightning.data.codes import data_info, known_data
+    from sar_lightning.models.registry import MODELS, model_class
 
     _choice("data.name", cfg.data.name, known_data())
     _choice("data.tokenizer", cfg.data.tokenizer, ("pixel", "vq"))
@@ -286,7 +286,7 @@ def check_config(cfg: Config) -> None:
     rng = cfg.train.num_steps_range
     if rng is not None and (len(rng) != 2 or not 1 <= rng[0] <= rng[1] <= n):
         raise ConfigError(f"train.num_steps_range must be [lo, hi] with 1 <= lo <= hi <= N={n}, got {rng}")
-    from .intervals import SELF_SIZED, make_intervals
+    from sar_lightning.core.intervals import SELF_SIZED, make_intervals
 
     ks = [None] if cfg.train.schedule in SELF_SIZED else [rng[0], rng[1]] if rng else [cfg.train.num_steps]
     for k in ks:
@@ -309,7 +309,7 @@ def num_steps_label(cfg: Config, num_tokens: int) -> str:
     if t.schedule == "mar":
         return "2"
     if t.schedule == "next_scale":
-        from .intervals import make_intervals
+        from sar_lightning.core.intervals import make_intervals
 
         return str(len(make_intervals("next_scale", num_tokens)))
     return str(t.num_steps)
@@ -327,7 +327,7 @@ def run_identity(cfg: Config) -> dict:
     if cfg.train.order != "anneal":
         for k in ("anneal_start", "anneal_end"):
             ident["train"].pop(k, None)
-    from .intervals import SELF_SIZED
+    from sar_lightning.core.intervals import SELF_SIZED
 
     if cfg.train.schedule in SELF_SIZED:  # these schedules size themselves: K is not a setting
         ident["train"]["num_steps"] = None
@@ -352,7 +352,7 @@ def recipe_id(cfg: Config, run: str | None = None) -> str:
 def run_id(cfg: Config) -> str:
     """``{order}-{K}-{schedule}_{model}_{data}_s{seed}_{hash}``: semantic, never from the clock; the hash
     covers ``run_identity``."""
-    from .data import data_info
+    from sar_lightning.data.codes import data_info
 
     info = data_info(cfg.data)
     digest = hashlib.sha1(json.dumps(run_identity(cfg), sort_keys=True).encode()).hexdigest()[:6]

@@ -27,6 +27,6 @@ def save_png(grid: torch.Tensor, path) -> None:
     """Write an image ``[C, H, W]`` in [0, 1] as a PNG, atomically (never a half-written file)."""
     from torchvision.utils import save_image
 
-    from .files import atomic_write
+    from sar_lightning.files import atomic_write
 
     atomic_write(path, lambda tmp: save_image(grid, tmp, format="png"))

@@ -54,7 +54,7 @@ def tiny_codes(tmp_path):
     ``labels="cycle"`` labels image i with ``i % num_classes`` and draws nothing for them.
     ``tokenizer`` defaults to the pixel quantizer of ``vocab_size`` levels.
     """
-    from sar_lightning.data import write_codes
+    from sar_lightning.data.codes import write_codes
 
     def make(name: str = "toy_codes", *, height: int = 4, width: int = 4, vocab_size: int = 5,
              num_classes: int = 3, n_train: int = 96, n_val: int = 32, tokenizer: dict | None = None,

@@ -12,8 +12,8 @@ import pandas as pd
 import pytest
 from matplotlib.container import BarContainer, ErrorbarContainer
 
-from sar_lightning import plots as plot_tradeoffs
-from sar_lightning import table as collect
+from sar_lightning.analysis import plots as plot_tradeoffs
+from sar_lightning.analysis import table as collect
 
 ANALYSIS = Path(__file__).resolve().parents[1] / "analysis"  # the command-line scripts
 

@@ -1,13 +1,13 @@
-"""sar_lightning.archive: results of several sessions add up in the committed archive, by key, never lost."""
+"""sar_lightning.sweeps.archive: results of several sessions add up in the committed archive, by key, never lost."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
-from sar_lightning import archive as A
-from sar_lightning.report import wall_times
+from sar_lightning.analysis.report import wall_times
 from sar_lightning.runs import read_results, sweep_record
+from sar_lightning.sweeps import archive as A
 
 
 def _row(k: int, fd: float, extractor: str = "digits_cnn") -> dict:

@@ -7,11 +7,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from sar_lightning import attention
-from sar_lightning.attention import SetMask, attend
-from sar_lightning.masks import build_masks, set_masks
-from sar_lightning.model import build_model
-from sar_lightning.orders import make_order
+from sar_lightning.core import attention
+from sar_lightning.core.attention import SetMask, attend
+from sar_lightning.core.masks import build_masks, set_masks
+from sar_lightning.core.orders import make_order
+from sar_lightning.models.registry import build_model
 
 INTERVALS = {"ar": [1] * 16, "uniform": [4] * 4, "ragged": [3, 5, 1, 7], "ragged-last": [5, 5, 5, 1],
              "one-set": [16], "mar": [6, 10]}

@@ -2,7 +2,8 @@
 
 import torch
 
-from sar_lightning.bench import (
+from sar_lightning.models.registry import build_model
+from sar_lightning.speed.bench import (
     flops,
     interleaved,
     matmul_peak,
@@ -11,7 +12,6 @@ from sar_lightning.bench import (
     report_ar_end,
     report_training,
 )
-from sar_lightning.model import build_model
 
 
 def test_ar_end_report_has_the_flop_and_time_ratios():
@@ -30,7 +30,7 @@ def test_ar_end_takes_the_width_of_both_models():
 
 
 def test_ar_end_measures_the_compiled_step_when_asked(monkeypatch):
-    import sar_lightning.sampling as sampling
+    import sar_lightning.core.sampling as sampling
 
     compiled = []
     monkeypatch.setattr(sampling, "compiled_step", lambda model: compiled.append(model) or model.step)  # no Inductor

@@ -6,10 +6,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from sar_lightning.intervals import make_intervals
-from sar_lightning.masks import set_ids
-from sar_lightning.model import build_model
-from sar_lightning.orders import make_order
+from sar_lightning.core.intervals import make_intervals
+from sar_lightning.core.masks import set_ids
+from sar_lightning.core.orders import make_order
+from sar_lightning.models.registry import build_model
 
 CASES = [("block_causal", True), ("block_causal", False), ("own_set", True), ("full", False)]
 

@@ -12,8 +12,8 @@ import pytest
 from omegaconf import OmegaConf
 
 from sar_lightning.config import Config, load_config, run_id, run_identity
-from sar_lightning.data import write_codes
-from sar_lightning.sweep import PROFILES, expand
+from sar_lightning.data.codes import write_codes
+from sar_lightning.sweeps.sweep import PROFILES, expand
 
 REPO = Path(__file__).resolve().parents[1]
 EXPERIMENTS = REPO / "experiments"

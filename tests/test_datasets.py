@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from sar_lightning.datasets import DATASETS, FASHION_MNIST_DIR, dataset_info, load_images
+from sar_lightning.data.datasets import DATASETS, FASHION_MNIST_DIR, dataset_info, load_images
 
 
 def test_digits_shapes_and_range():
@@ -42,7 +42,7 @@ def test_digits_split_deterministic_and_disjoint():
 def test_digits_split_cache_equals_scikit_learn_and_survives_a_broken_file(tmp_path, monkeypatch):
     """The split is built from scikit-learn once, kept as .npz, then read without it: cached == uncached.
     A truncated cache file is rebuilt, never trusted."""
-    from sar_lightning import datasets
+    from sar_lightning.data import datasets
 
     fresh = datasets._digits_split(2)
     built = {s: load_images("digits", s, seed=2, root=tmp_path) for s in ("train", "val")}

@@ -12,13 +12,14 @@ import pytest
 import torch
 from conftest import REPO, SMOKE
 
-from sar_lightning import evaluate as evaluate_module
 from sar_lightning.config import ConfigError, load_config
-from sar_lightning.data import decoder_for
-from sar_lightning.evaluate import evaluate, main, pass_seconds_per_image, sample_images
-from sar_lightning.runs import RESULTS, load_model, read_results
-from sar_lightning.sampling import Sampler
-from sar_lightning.train import train
+from sar_lightning.core.sampling import Sampler
+from sar_lightning.data.codes import decoder_for
+from sar_lightning.evaluation import evaluate as evaluate_module
+from sar_lightning.evaluation.evaluate import evaluate, main, pass_seconds_per_image, sample_images
+from sar_lightning.runs import RESULTS, read_results
+from sar_lightning.training.checkpoints import load_model
+from sar_lightning.training.train import train
 
 COLUMNS = {"run_id", "data", "model", "params", "train_order", "train_schedule", "train_num_steps", "ckpt_step",
            "ema", "infer_order", "infer_schedule", "num_steps", "cfg_scale", "cfg_schedule", "temperature", "top_k",
@@ -101,7 +102,7 @@ def test_raw_and_ema_weights_differ(run_dir):
 
 
 def test_an_interrupted_evaluation_keeps_finished_rows(run_dir, monkeypatch):
-    import sar_lightning.metrics as metrics
+    import sar_lightning.evaluation.metrics as metrics
 
     before = len(read_results(run_dir / RESULTS))
     real = metrics.compute_metrics
@@ -137,7 +138,7 @@ def test_two_processes_give_the_numbers_of_one(run_dir, tmp_path):
     for d in (single, double):
         shutil.copytree(run_dir, d, ignore=shutil.ignore_patterns(RESULTS))
     args = [*FAST_EVAL, "infer.num_steps=[4]", "threads=1"]
-    cmd = [sys.executable, "-m", "sar_lightning.evaluate"]
+    cmd = [sys.executable, "-m", "sar_lightning.evaluation.evaluate"]
     one = subprocess.run([*cmd, str(single), *args], cwd=REPO, capture_output=True, text=True, timeout=300)
     two = subprocess.run([*cmd, str(double), *args, "trainer.devices=2", "trainer.strategy=ddp"], cwd=REPO,
                          capture_output=True, text=True, timeout=300)

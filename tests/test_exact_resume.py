@@ -18,10 +18,10 @@ from conftest import REPO, SMOKE
 from torch.utils.data import TensorDataset
 
 from sar_lightning.config import load_config, to_dict
-from sar_lightning.data import data_info
-from sar_lightning.datamodule import SARDataModule, StepSampler
-from sar_lightning.module import SARLightningModule
-from sar_lightning.train import train
+from sar_lightning.data.codes import data_info
+from sar_lightning.data.datamodule import SARDataModule, StepSampler
+from sar_lightning.training.module import SARLightningModule
+from sar_lightning.training.train import train
 
 # Digits has 1437 training images: 22 batches of 64 per epoch. The kill falls mid-epoch (step 12) and the
 # resumed run crosses into the second epoch (step 22).
@@ -34,14 +34,14 @@ ARGS = ["threads=1", "trainer.enable_progress_bar=false", f"train.max_steps={STE
 # that step's checkpoint (last.ckpt) and validation, with nothing else saved.
 KILLER = """
 import os, signal, sys
-from sar_lightning.module import SARLightningModule
+from sar_lightning.training.module import SARLightningModule
 
 def die(self, batch, batch_idx):
     if self.global_step == {kill_at}:
         os.kill(os.getpid(), signal.SIGKILL)
 
 SARLightningModule.on_train_batch_start = die
-from sar_lightning.train import main
+from sar_lightning.training.train import main
 sys.exit(main(sys.argv[1:]))
 """
 

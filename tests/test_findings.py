@@ -1,4 +1,4 @@
-"""sar_lightning.findings, .selection, .verdicts and .report: the verdict rules and the report, on synthetic
+"""sar_lightning.analysis.findings, .selection, .verdicts and .report: the verdict rules and the report, on synthetic
 tables (no training)."""
 
 from __future__ import annotations
@@ -8,11 +8,11 @@ import math
 import pandas as pd
 import pytest
 
-from sar_lightning import findings as F
-from sar_lightning import report as R
-from sar_lightning import selection as S
-from sar_lightning import table
-from sar_lightning import verdicts as V
+from sar_lightning.analysis import findings as F
+from sar_lightning.analysis import report as R
+from sar_lightning.analysis import selection as S
+from sar_lightning.analysis import table
+from sar_lightning.analysis import verdicts as V
 
 KS = (1, 2, 4, 8, 16, 64)
 ORDERS = F.ORDER_NAMES

@@ -8,8 +8,9 @@ import math
 import pytest
 import torch
 
-from sar_lightning import attention, gpu_check
-from sar_lightning.gpu_check import KERNELS, NO_CUDA, SKIPPED, Plan, main, run_checks
+from sar_lightning.core import attention
+from sar_lightning.speed import gpu_check
+from sar_lightning.speed.gpu_check import KERNELS, NO_CUDA, SKIPPED, Plan, main, run_checks
 
 SMALL = dict(vocab_size=64, num_classes=10, height=8, width=8)  # N = 64
 

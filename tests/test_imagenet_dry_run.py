@@ -12,9 +12,9 @@ from conftest import REPO
 from torch import nn
 
 from sar_lightning.config import load_config
-from sar_lightning.evaluate import evaluate
-from sar_lightning.tokenizers import VQVAE, VQVAEConfig, save_vqvae
-from sar_lightning.train import train
+from sar_lightning.data.tokenizers import VQVAE, VQVAEConfig, save_vqvae
+from sar_lightning.evaluation.evaluate import evaluate
+from sar_lightning.training.train import train
 
 FMT_B = REPO / "experiments" / "imagenet" / "fmt_B_sar_ts.yaml"
 
@@ -59,7 +59,7 @@ def test_fmt_b_imagenet_config_trains_and_evaluates_on_cpu(tmp_path, monkeypatch
     g = np.random.default_rng(1)
     a = g.normal(size=(2048, 32))
     np.savez(tmp_path / "ref_stats.npz", mu=g.normal(size=2048), sigma=a @ a.T / 32 + 0.1 * np.eye(2048))
-    monkeypatch.setattr("sar_lightning.features.get_inception_extractor", lambda path: InceptionStandIn())
+    monkeypatch.setattr("sar_lightning.evaluation.features.get_inception_extractor", lambda path: InceptionStandIn())
     infer = ["infer.num_steps=[16]", "infer.cfg_scale=[1.0]", "infer.num_samples=6", "infer.batch_size=6",
              "infer.timing_batch=2", "infer.timing_repeats=1", f"infer.reference_stats={tmp_path / 'ref_stats.npz'}",
              f"infer.inception_weights={tmp_path / 'absent.pth'}"]

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from sar_lightning.intervals import SCHEDULES, make_intervals, mar_mask_ratio, validate_intervals
+from sar_lightning.core.intervals import SCHEDULES, make_intervals, mar_mask_ratio, validate_intervals
 
 SIZED = ["uniform", "cosine", "linear", "random"]  # schedules that take K
 KS = [(64, 1), (64, 2), (64, 7), (64, 16), (64, 63), (256, 16), (256, 64), (10, 3)]

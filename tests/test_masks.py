@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from sar_lightning.intervals import make_intervals
-from sar_lightning.masks import (
+from sar_lightning.core.intervals import make_intervals
+from sar_lightning.core.masks import (
     DECODER_MODES,
     build_masks,
     cell_set_ids,
@@ -15,7 +15,7 @@ from sar_lightning.masks import (
     loss_positions,
     set_ids,
 )
-from sar_lightning.orders import make_order
+from sar_lightning.core.orders import make_order
 
 
 def random_intervals(n, seed):

@@ -10,8 +10,8 @@ import pytest
 import torch
 from torch import nn
 
-from sar_lightning.datasets import load_images
-from sar_lightning.features import (
+from sar_lightning.data.datasets import load_images
+from sar_lightning.evaluation.features import (
     INCEPTION_CONFIG_KEY,
     INCEPTION_WEIGHTS_FILE,
     InceptionExtractor,
@@ -21,7 +21,7 @@ from sar_lightning.features import (
     get_inception_extractor,
     load_reference_stats,
 )
-from sar_lightning.metrics import compute_metrics, extract_features, metrics_from_features, named_metrics
+from sar_lightning.evaluation.metrics import compute_metrics, extract_features, metrics_from_features, named_metrics
 
 FAST = dict(kid_subsets=10)  # KID's 100 float64 subsets are the slow part on CPU; 10 suffice here
 
@@ -125,7 +125,7 @@ def test_small_sample_counts_and_seeded_kid(digits_cnn, digits_sets):
 def test_reference_features_computed_once_give_the_metrics_of_the_images(digits_cnn, digits_sets):
     """evaluate extracts the real set's features once per run (``reference_features``), not per setting:
     every metric is what the images themselves give."""
-    from sar_lightning.metrics import reference_features
+    from sar_lightning.evaluation.metrics import reference_features
 
     fake, real = digits_sets["real_b"][:50], digits_sets["real_a"]
     feats = reference_features(digits_cnn, real)
@@ -206,7 +206,7 @@ def test_inception_real_class_random_weights(monkeypatch, tmp_path):
 @pytest.mark.slow
 def test_fashion_mnist_classifier_accuracy():
     """Trains once into the default cache (``$SAR_CACHE`` or ~/.cache/sar-lightning); later runs reuse it."""
-    from sar_lightning.datasets import FASHION_MNIST_DIR
+    from sar_lightning.data.datasets import FASHION_MNIST_DIR
 
     if not FASHION_MNIST_DIR.is_dir():
         pytest.skip("apt package dataset-fashion-mnist not installed")

@@ -5,9 +5,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from sar_lightning.intervals import make_intervals
-from sar_lightning.model import MODELS, build_model, sar_loss
-from sar_lightning.orders import make_order
+from sar_lightning.core.intervals import make_intervals
+from sar_lightning.core.orders import make_order
+from sar_lightning.models.base import sar_loss
+from sar_lightning.models.registry import MODELS, build_model
 
 H = W = 8
 N, V = H * W, 17

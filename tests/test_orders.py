@@ -4,8 +4,8 @@ import pytest
 import torch
 from conftest import REPO
 
-from sar_lightning.intervals import make_intervals
-from sar_lightning.orders import ORDERS, is_permutation, make_order, parse_order_name
+from sar_lightning.core.intervals import make_intervals
+from sar_lightning.core.orders import ORDERS, is_permutation, make_order, parse_order_name
 
 SHAPES = [(8, 8), (4, 6), (16, 16), (7, 7)]
 NAMES = [*sorted(ORDERS), "fixed_random:7"]
@@ -152,7 +152,7 @@ def test_unknown_order_lists_the_valid_names():
 
 
 def test_anneal_rate_is_rars_schedule():
-    from sar_lightning.orders import anneal_rate
+    from sar_lightning.core.orders import anneal_rate
 
     assert [anneal_rate(p, 0.5, 0.75) for p in (0.0, 0.5, 0.625, 0.75, 1.0)] == [1.0, 1.0, 0.5, 0.0, 0.0]
     assert anneal_rate(0.5, 0.5, 0.5) == 1.0 and anneal_rate(0.51, 0.5, 0.5) == 0.0
@@ -160,7 +160,7 @@ def test_anneal_rate_is_rars_schedule():
 
 def test_anneal_trains_random_then_raster_and_samples_raster():
     from sar_lightning.config import ConfigError, load_config, run_id
-    from sar_lightning.module import draw_sets
+    from sar_lightning.training.module import draw_sets
 
     def cfg(*extra):
         return load_config(None, ["train.schedule=ar", "train.num_steps=null", *extra],

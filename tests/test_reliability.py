@@ -16,12 +16,13 @@ import pytest
 import torch
 from conftest import REPO, SMOKE
 
-from sar_lightning import evaluate as evaluate_cli
-from sar_lightning import train as train_cli
 from sar_lightning.config import ConfigError, load_config, run_id
+from sar_lightning.evaluation import evaluate as evaluate_cli
 from sar_lightning.files import UMASK, FileError
-from sar_lightning.runs import RunDir, load_model, read_results
-from sar_lightning.sweep import expand
+from sar_lightning.runs import RunDir, read_results
+from sar_lightning.sweeps.sweep import expand
+from sar_lightning.training import train as train_cli
+from sar_lightning.training.checkpoints import load_model
 
 FAST = ["train.max_steps=4", "train.val_every=4", "train.ckpt_every=2", "train.val_batches=1",
         "train.sample_steps=[4]", "trainer.enable_progress_bar=false", "threads=1"]
@@ -91,8 +92,8 @@ def test_every_loader_refuses_a_pickle_that_runs_code(run, tmp_path, capsys):
     assert train_cli.main(_again(run)) == 2
     _one_line(capsys, "last.ckpt")
 
-    from sar_lightning.tokenizers import load_vqvae
-    from sar_lightning.tokenizers.llamagen import load_llamagen_vq16
+    from sar_lightning.data.tokenizers import load_vqvae
+    from sar_lightning.data.tokenizers.llamagen import load_llamagen_vq16
 
     with pytest.raises(FileError, match="VQ-VAE"):
         load_vqvae(_evil_file(tmp_path / "vqvae.pt", marker))
@@ -102,7 +103,7 @@ def test_every_loader_refuses_a_pickle_that_runs_code(run, tmp_path, capsys):
 
 
 def test_the_classifier_cache_refuses_a_pickle_that_runs_code(tmp_path):
-    from sar_lightning.features import classifier_cache_paths, get_classifier_extractor
+    from sar_lightning.evaluation.features import classifier_cache_paths, get_classifier_extractor
 
     get_classifier_extractor("digits", seed=0, cache_root=tmp_path)  # trains and caches (a few seconds)
     weights, _ = classifier_cache_paths("digits", 0, tmp_path)
@@ -114,7 +115,7 @@ def test_the_classifier_cache_refuses_a_pickle_that_runs_code(tmp_path):
 
 
 def test_a_wrong_llamagen_file_gets_a_short_message(tmp_path):
-    from sar_lightning.tokenizers.llamagen import load_llamagen_vq16
+    from sar_lightning.data.tokenizers.llamagen import load_llamagen_vq16
 
     path = tmp_path / "other.pt"
     torch.save({"model": {f"layer{i}.weight": torch.zeros(1) for i in range(500)}}, path)
@@ -190,7 +191,7 @@ def test_a_runs_root_that_is_a_file_or_unwritable_is_one_line(tmp_path, capsys, 
     def read_only(self, *args, **kwargs):  # as root, chmod cannot make a folder read-only: simulate it
         raise PermissionError(errno.EACCES, "Permission denied", str(self))
 
-    from sar_lightning import sweep as sweep_cli
+    from sar_lightning.sweeps import sweep as sweep_cli
 
     assert sweep_cli.main([str(REPO / "experiments" / "grids" / "orders.yaml"), "--profile", "smoke",
                            "--root", str(root)]) == 2

@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 from conftest import REPO
 
-from sar_lightning.processes import Children
-from sar_lightning.sweep import Job, launch, run_job
+from sar_lightning.sweeps.processes import Children
+from sar_lightning.sweeps.sweep import Job, launch, run_job
 
 LINUX = sys.platform.startswith("linux")
 
@@ -84,9 +84,9 @@ def test_run_job_runs_its_steps_as_before(tmp_path, monkeypatch, code):
     result = run_job(job)
     assert result["status"] == ("trained" if code == 0 else "failed") and result["was"] == "new"
     log = (tmp_path / "run0" / "sweep.log").read_text()
-    assert log.count("ran sar_lightning.train") == 1
+    assert log.count("ran sar_lightning.training.train") == 1
     # both evaluations in one process, one after the other
-    assert log.count("ran sar_lightning.evaluate") == (1 if code == 0 else 0)
+    assert log.count("ran sar_lightning.evaluation.evaluate") == (1 if code == 0 else 0)
     assert ("infer.num_steps=[4] --and infer.num_steps=[8]" in log) == (code == 0)
 
 
@@ -109,8 +109,8 @@ def test_a_local_job_trains_and_evaluates_in_one_process(tmp_path, monkeypatch, 
     """Locally, one process trains, waits for an evaluation slot holding none, then evaluates with the
     threads it is given on stdin; a process that exits after training (several devices trained) leaves
     the evaluation to a process of its own; a sweep stopped before the slot closes stdin: no evaluation."""
-    from sar_lightning import sweep as sweep_module
-    from sar_lightning.sweep import CoreShare, Slots
+    from sar_lightning.sweeps import sweep as sweep_module
+    from sar_lightning.sweeps.sweep import CoreShare, Slots
 
     fake = tmp_path / "fake-python"
     fake.write_text(MERGED)
@@ -131,17 +131,18 @@ def test_a_local_job_trains_and_evaluates_in_one_process(tmp_path, monkeypatch, 
                             (children.request_stop(signal.SIGTERM), real(key, stopping))[1])
     result = run_job(job, children=children, cores=CoreShare(2, 2, 1), slots=slots)
     log = (tmp_path / "run0" / "sweep.log").read_text()
-    assert log.count("ran sar_lightning.train") == 1 and "--then-evaluate infer.num_steps=[4] --and" in log
+    assert log.count("ran sar_lightning.training.train") == 1 and "--then-evaluate infer.num_steps=[4] --and" in log
     assert slots.free == 2  # every slot given back
     if how == "merged":
         assert result["status"] == "trained"
         assert "evaluated in the training process with 2 thread(s)" in log  # the last job: both cores
-        assert "ran sar_lightning.evaluate" not in log
+        assert "ran sar_lightning.evaluation.evaluate" not in log
     elif how == "several devices":
         assert result["status"] == "trained"
-        assert log.count("ran sar_lightning.evaluate") == 1
+        assert log.count("ran sar_lightning.evaluation.evaluate") == 1
     else:
-        assert result["status"] == "stopped" and "no slot given" in log and "ran sar_lightning.evaluate" not in log
+        assert result["status"] == "stopped" and "no slot given" in log
+        assert "ran sar_lightning.evaluation.evaluate" not in log
         assert "the sweep was interrupted by SIGTERM" in log
 
 
@@ -190,7 +191,7 @@ def sweeps(request, tmp_path_factory):
         root = folder / "runs"
         # --jobs 2 for one run: each job gets cpu_count // jobs = 1 thread on a 2-core machine (the threads=1
         # override alone does not reach the subprocesses: run_job passes threads= after it).
-        cmd = [sys.executable, "-m", "sar_lightning.sweep", str(_grid(folder)), "--profile", "smoke",
+        cmd = [sys.executable, "-m", "sar_lightning.sweeps.sweep", str(_grid(folder)), "--profile", "smoke",
                "--jobs", "2", "--root", str(root), "threads=1"]
         with open(folder / "out.txt", "w") as out, open(folder / "err.txt", "w") as err:
             started[sig] = (subprocess.Popen(cmd, cwd=REPO, env=env, stdout=out, stderr=err,

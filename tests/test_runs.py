@@ -13,10 +13,10 @@ import pytest
 import torch
 
 from sar_lightning.config import load_config, run_id, to_yaml
-from sar_lightning.model import build_model, model_class
-from sar_lightning.progress import SweepProgress
+from sar_lightning.core.sampling import Sampler, generate
+from sar_lightning.models.registry import build_model, model_class
 from sar_lightning.runs import RunDir, append_results, read_results, setting_id
-from sar_lightning.sampling import Sampler, generate
+from sar_lightning.sweeps.progress import SweepProgress
 
 SMOKE = Path(__file__).resolve().parents[1] / "experiments" / "smoke.yaml"
 

@@ -9,15 +9,15 @@ import pytest
 import torch
 from PIL import Image
 
-from sar_lightning import sample
-from sar_lightning.callbacks import sample_grid
 from sar_lightning.config import load_config
-from sar_lightning.data import decoder_for
-from sar_lightning.datasets import load_images
+from sar_lightning.core.sampling import Sampler, generate
+from sar_lightning.data.codes import decoder_for
+from sar_lightning.data.datasets import load_images
+from sar_lightning.evaluation import sample
 from sar_lightning.images import image_grid
-from sar_lightning.runs import load_model
-from sar_lightning.sampling import Sampler, generate
-from sar_lightning.train import main as train_main
+from sar_lightning.training.callbacks import sample_grid
+from sar_lightning.training.checkpoints import load_model
+from sar_lightning.training.train import main as train_main
 
 REPO = Path(__file__).resolve().parents[1]
 SMOKE = str(REPO / "experiments" / "smoke.yaml")

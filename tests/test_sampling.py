@@ -8,10 +8,10 @@ import functools
 import pytest
 import torch
 
-from sar_lightning.intervals import make_intervals
-from sar_lightning.model import build_model
-from sar_lightning.orders import make_order
-from sar_lightning.sampling import cfg_weight, filter_logits, generate, sample_tokens
+from sar_lightning.core.intervals import make_intervals
+from sar_lightning.core.orders import make_order
+from sar_lightning.core.sampling import cfg_weight, filter_logits, generate, sample_tokens
+from sar_lightning.models.registry import build_model
 
 H = W = 8
 N, V = H * W, 17
@@ -428,7 +428,7 @@ def test_compiled_step_gives_the_same_tokens_and_never_recompiles_per_step():
     step: the same tokens as eager, a handful of graphs for a whole sampling run (8 for these three, not one per
     step, though the cache grows every step), and nothing new when the same requests come again. A counting backend
     stands in for the compiler (Inductor's C++ build takes minutes on this CPU; ``make bench`` times it)."""
-    from sar_lightning.sampling import compiled_step
+    from sar_lightning.core.sampling import compiled_step
 
     graphs = []
 

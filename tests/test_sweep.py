@@ -15,9 +15,9 @@ import pytest
 from conftest import REPO
 
 from sar_lightning.config import ConfigError
-from sar_lightning.evaluate import main as evaluate_main
+from sar_lightning.evaluation.evaluate import main as evaluate_main
 from sar_lightning.runs import read_results
-from sar_lightning.sweep import Job, Manifest, expand, load_grid, main, sweep
+from sar_lightning.sweeps.sweep import Job, Manifest, expand, load_grid, main, sweep
 
 GRIDS = sorted((REPO / "experiments" / "grids").glob("*.yaml"))
 GRIDS = [g for g in GRIDS if g.name != "profiles.yaml"]
@@ -67,7 +67,7 @@ def test_extra_evals_only_when_asked(tmp_path, monkeypatch):
     for p, e in zip(plain, extra):
         assert e.evals[:-1] == p.evals and len(e.evals) == len(p.evals) + 1
         assert 'infer.orders=["next_scale", "fixed_random"]' in e.evals[-1] and "infer.num_steps=[64]" in e.evals[-1]
-    import sar_lightning.sweep as sweep_module
+    import sar_lightning.sweeps.sweep as sweep_module
 
     seen = []
     monkeypatch.setattr(sweep_module, "sweep", lambda *a: seen.append(a[-1]) or [])
@@ -77,7 +77,7 @@ def test_extra_evals_only_when_asked(tmp_path, monkeypatch):
 
 def test_a_finished_runs_unreadable_config_is_replaced_not_a_crash(tmp_path, capsys):
     from sar_lightning.runs import RunDir
-    from sar_lightning.sweep import _as_trained
+    from sar_lightning.sweeps.sweep import _as_trained
 
     run = RunDir(tmp_path / "run")
     run.path.mkdir()
@@ -121,7 +121,7 @@ def test_smoke_sweep_with_two_seeds_end_to_end_then_rerun_trains_nothing(tmp_pat
     run0 = root / results[0]["run_id"]
     log = (run0 / "sweep.log").read_text()
     assert log.count("--then-evaluate") == 1 and "evaluating in the training process" in log
-    assert "-m sar_lightning.evaluate" not in log
+    assert "-m sar_lightning.evaluation.evaluate" not in log
     alone = tmp_path / "alone" / run0.name
     shutil.copytree(run0, alone, ignore=shutil.ignore_patterns("results.jsonl"))
     _, jobs = expand(grid, "smoke", root=str(root), seeds=[0, 1])
@@ -169,8 +169,8 @@ def test_smoke_sweep_with_two_seeds_end_to_end_then_rerun_trains_nothing(tmp_pat
     text = (tmp_path / "FINDINGS.md").read_text()
     assert "not run" in text and "make sweep-orders" in text  # this grid runs none of the findings' grids
     # The committed archive (no checkpoints) gives the same table and the same report as the run folders.
-    from sar_lightning.archive import archive
-    from sar_lightning.table import collect as collect_table
+    from sar_lightning.analysis.table import collect as collect_table
+    from sar_lightning.sweeps.archive import archive
 
     assert archive(root, tmp_path / "archive")[:2] == (2, 8)
     assert not list((tmp_path / "archive").rglob("*.ckpt"))
@@ -203,7 +203,7 @@ def test_an_interrupted_sweep_resumes(tmp_path):
             "  - {label: SAR-TS, overrides: {train.order: random, train.schedule: random, train.num_steps: 4, "
             "train.max_steps: 200, train.ckpt_every: 10, train.val_every: 100}}\n")
     grid, root = _grid(tmp_path, runs), tmp_path / "runs"
-    cmd = [sys.executable, "-m", "sar_lightning.sweep", str(grid), "--profile", "smoke", "--jobs", "2",
+    cmd = [sys.executable, "-m", "sar_lightning.sweeps.sweep", str(grid), "--profile", "smoke", "--jobs", "2",
            "--root", str(root)]
     proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             start_new_session=True)
@@ -235,7 +235,7 @@ def test_cores_freed_at_the_end_of_a_sweep_go_to_the_evaluations_still_going(tmp
     when jobs end, the evaluation still running is given both cores (its run folder's threads file), which
     goes when its job ends."""
     from sar_lightning.runs import RunDir
-    from sar_lightning.sweep import CoreShare
+    from sar_lightning.sweeps.sweep import CoreShare
 
     runs = [RunDir(tmp_path / name) for name in ("a", "b", "c")]
     for r in runs:
@@ -258,7 +258,7 @@ def test_slots_start_every_training_before_any_evaluation(tmp_path):
     import random
     import threading
 
-    from sar_lightning.sweep import Slots
+    from sar_lightning.sweeps.sweep import Slots
 
     slots, order, gate = Slots(1, jobs=1), [], threading.Event()
     assert not slots.acquire((0, 0), lambda: True)  # no hello yet: nothing given (the waiter stops)
@@ -289,7 +289,7 @@ def test_slots_start_every_training_before_any_evaluation(tmp_path):
 def test_the_manifest_is_kept_as_the_sweep_goes_and_a_killed_sweeps_time_is_kept(tmp_path):
     """Written when a sweep starts and after each run, so a sweep killed outright leaves its wall time so far;
     the sweep that resumes it adds its own record (the report sums both), unless it trained every run again."""
-    from sar_lightning.report import wall_times
+    from sar_lightning.analysis.report import wall_times
 
     path, root = tmp_path / "sweeps" / "g-default.json", str(tmp_path)
     jobs = [Job(f"{n} s0", f"{n}_s0", str(tmp_path / n), [], 1, name=n, seed=0) for n in ("a", "b")]

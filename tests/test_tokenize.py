@@ -1,4 +1,4 @@
-"""Code extraction (``python -m sar_lightning.tokenize``), the VQ-VAE CLI and the Fashion-MNIST data overlay."""
+"""Code extraction (``python -m sar_lightning.data.tokenize``), the VQ-VAE CLI and the Fashion-MNIST data overlay."""
 
 from __future__ import annotations
 
@@ -11,13 +11,13 @@ import torch
 from conftest import REPO
 from PIL import Image
 
-import sar_lightning.tokenize as tz
+import sar_lightning.data.tokenize as tz
 from sar_lightning.config import ConfigError
-from sar_lightning.data import load_codes_split, read_manifest, tokenizer_from_manifest
-from sar_lightning.datasets import load_images
-from sar_lightning.sweep import expand
-from sar_lightning.tokenize import main, tokenize
-from sar_lightning.tokenizers import VQVAE, PixelQuantizer, VQVAEConfig, save_vqvae
+from sar_lightning.data.codes import load_codes_split, read_manifest, tokenizer_from_manifest
+from sar_lightning.data.datasets import load_images
+from sar_lightning.data.tokenize import main, tokenize
+from sar_lightning.data.tokenizers import VQVAE, PixelQuantizer, VQVAEConfig, save_vqvae
+from sar_lightning.sweeps.sweep import expand
 
 ORDERS = REPO / "experiments" / "grids" / "orders.yaml"
 QUIET = dict(progress=False, chunk_size=256)  # digits: 1437 train + 360 val images = 6 + 2 chunks
@@ -145,9 +145,9 @@ def test_fashion_overlay_moves_the_grids_onto_the_codes(tmp_path, tiny_codes):
 def test_fashion_mnist_vq_tokenize_train_evaluate(tmp_path):
     """Train a small VQ-VAE on a Fashion-MNIST subset, extract codes of a subset, then one run of the
     orders grid under the fashion_mnist smoke overlay, trained and evaluated (classifier features)."""
-    from sar_lightning.evaluate import evaluate
-    from sar_lightning.tokenizers.train_vq import main as train_vq_main
-    from sar_lightning.train import train
+    from sar_lightning.data.tokenizers.train_vq import main as train_vq_main
+    from sar_lightning.evaluation.evaluate import evaluate
+    from sar_lightning.training.train import train
 
     vq_dir = tmp_path / "vq"
     assert train_vq_main(["--data", "fashion_mnist", "--out", str(vq_dir), "--grid", "7", "--codebook-size", "64",

@@ -6,8 +6,7 @@ import pytest
 import torch
 from sklearn.datasets import load_digits
 
-from sar_lightning.files import FileError
-from sar_lightning.tokenizers import (
+from sar_lightning.data.tokenizers import (
     VQVAE,
     LlamaGenVQ,
     LlamaGenVQConfig,
@@ -19,7 +18,8 @@ from sar_lightning.tokenizers import (
     perplexity,
     save_vqvae,
 )
-from sar_lightning.tokenizers.llamagen import VQ16_FILE, VQModel
+from sar_lightning.data.tokenizers.llamagen import VQ16_FILE, VQModel
+from sar_lightning.files import FileError
 
 
 @pytest.fixture(autouse=True)
@@ -106,7 +106,7 @@ def test_dead_code_restart_reinitialises_unused_codes(update):
 
 @pytest.mark.slow
 def test_short_training_on_digits_lowers_reconstruction_error(digits, tmp_path):
-    from sar_lightning.tokenizers.vq_module import train_vqvae
+    from sar_lightning.data.tokenizers.vq_module import train_vqvae
 
     cfg = VQVAEConfig(hidden=16, codebook_size=32, restart_window=20)
     tok, m = train_vqvae(digits[:1500], digits[1500:], cfg, tmp_path, max_steps=120, batch_size=64)

@@ -19,9 +19,9 @@ from conftest import REPO, SMOKE
 from lightning.pytorch.callbacks import EMAWeightAveraging
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from sar_lightning.callbacks import EMA
 from sar_lightning.config import ConfigError, load_config, run_id
-from sar_lightning.train import main, train
+from sar_lightning.training.callbacks import EMA
+from sar_lightning.training.train import main, train
 
 FAST = ["train.max_steps=8", "train.log_every=2", "train.val_every=4", "train.ckpt_every=4", "train.val_batches=1",
         "train.sample_steps=[1,64]", "trainer.enable_progress_bar=false"]
@@ -121,7 +121,7 @@ def test_codes_dataset_trains(tmp_path, tiny_codes):
 
 
 def _train_cmd(root: Path, *extra: str) -> list[str]:
-    return [sys.executable, "-m", "sar_lightning.train", str(SMOKE), f"root={root}", "threads=1",
+    return [sys.executable, "-m", "sar_lightning.training.train", str(SMOKE), f"root={root}", "threads=1",
             "trainer.enable_progress_bar=false", *extra]
 
 
@@ -171,9 +171,9 @@ def test_two_process_ddp_on_cpu(tmp_path):
 @pytest.mark.slow
 def test_small_model_validation_loss_drops_on_digits(tmp_path):
     from sar_lightning.config import to_dict
-    from sar_lightning.data import data_info
-    from sar_lightning.datamodule import SARDataModule
-    from sar_lightning.module import SARLightningModule
+    from sar_lightning.data.codes import data_info
+    from sar_lightning.data.datamodule import SARDataModule
+    from sar_lightning.training.module import SARLightningModule
 
     cfg = load_config(REPO / "experiments" / "digits_sar_ts.yaml",
                       [f"root={tmp_path}", "train.max_steps=300", "train.val_every=300", "train.ckpt_every=300",

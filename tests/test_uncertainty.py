@@ -8,10 +8,10 @@ import pandas as pd
 import pytest
 import torch
 
+from sar_lightning.analysis.table import aggregate, prepare, seed_interval
 from sar_lightning.config import ConfigError
-from sar_lightning.metrics import _sqrt_psd, fd_bootstrap, metrics_from_features
-from sar_lightning.sweep import expand, main, parse_seeds
-from sar_lightning.table import aggregate, prepare, seed_interval
+from sar_lightning.evaluation.metrics import _sqrt_psd, fd_bootstrap, metrics_from_features
+from sar_lightning.sweeps.sweep import expand, main, parse_seeds
 
 D = 64
 
