@@ -20,7 +20,7 @@ FASHION_VQ := data/tokenizers/fashion_mnist_vq7
 FASHION_CODES := data/fashion_mnist_vq7
 DATA_PREP := $(if $(filter fashion_mnist,$(DATA)),tokenize-fashion)
 
-.PHONY: help install test test-fast lint bench bench-train gpu-check train evaluate sample sweep-orders sweep-intervals sweep-mar \
+.PHONY: help install fashion-data test test-fast lint bench bench-train gpu-check train evaluate sample sweep-orders sweep-intervals sweep-mar \
 	sweep-spectrum sweep-anneal sweep-all report plots tb vq-fashion tokenize-fashion
 
 help: ## list the targets
@@ -37,15 +37,22 @@ install: $(STAMP) ## create the virtual environment ($(VENV)) and install the pa
 # Tests run in parallel worker processes (pytest-xdist), one per core.
 TEST_JOBS ?= $(shell nproc)
 
+# Fashion-MNIST for its tests and grids: Debian's package puts the idx files in /usr/share/datasets/fashion-mnist.
+FASHION_IDX := /usr/share/datasets/fashion-mnist
+fashion-data: ## Fashion-MNIST's idx files (Debian's dataset-fashion-mnist), installed when missing
+	@test -d $(FASHION_IDX) || { command -v apt-get >/dev/null && \
+		{ apt-get install -y -q dataset-fashion-mnist || { apt-get update -q && apt-get install -y -q dataset-fashion-mnist; }; }; } \
+		|| echo "make fashion-data: could not install dataset-fashion-mnist (apt-get, as root); the Fashion-MNIST tests will fail" >&2
+
 test-fast: install ## the tests without the slow ones
 	$(PY) -m pytest -q -m "not slow" -n $(TEST_JOBS)
 
-test: install ## run the whole test suite (slow tests included, one worker per core) and ruff
-	$(VENV)/bin/ruff check sar_lightning tests analysis
+test: install fashion-data lint ## the whole test suite (slow tests included, one worker per core), after ruff and the import contracts
 	$(PY) -m pytest -q -n $(TEST_JOBS) --durations=15
 
-lint: install ## ruff on the code
+lint: install ## ruff on the code, and the import contracts of pyproject.toml (lint-imports)
 	$(VENV)/bin/ruff check sar_lightning tests analysis
+	$(VENV)/bin/lint-imports
 
 bench: install ## sampling speed: KV cache vs recomputation vs one teacher-forced forward
 	$(PY) -m sar_lightning.speed.bench
@@ -77,7 +84,7 @@ sweep-mar: install $(DATA_PREP) ## the MAR end: split sampler, first-set loss, c
 sweep-spectrum: install $(DATA_PREP) ## AR, SAR-TS, MAR, VAR-like and the GPT baseline, KV cache on and off
 	$(SWEEP) experiments/grids/spectrum.yaml $(ARGS) && $(PLOT) --grid spectrum
 
-vq-fashion: install ## train the Fashion-MNIST VQ-VAE (28x28 -> 7x7 codes, 256 entries) into data/tokenizers/fashion_mnist_vq7
+vq-fashion: install fashion-data ## train the Fashion-MNIST VQ-VAE (28x28 -> 7x7 codes, 256 entries) into data/tokenizers/fashion_mnist_vq7
 	$(PY) -m sar_lightning.data.tokenizers.train_vq --data fashion_mnist --out $(FASHION_VQ) --grid 7 --codebook-size 256 --max-steps 1000 --threads $(JOBS)
 
 tokenize-fashion: vq-fashion ## Fashion-MNIST as 7x7 VQ codes in data/fashion_mnist_vq7 (skipped when up to date)
