@@ -12,8 +12,10 @@ SEEDS ?=
 ALL_SEEDS ?= 0,1,2
 # EXTRA_EVALS=1 adds a grid's extra_evals: (settings too dear for the main job); sweep-all sets it.
 EXTRA_EVALS ?=
-SWEEP = $(PY) -m sar_lightning.sweeps.sweep --profile $(PROFILE) --jobs $(JOBS) --root $(ROOT) $(if $(DATA),--data $(DATA)) \
-	$(if $(SEEDS),--seeds $(SEEDS)) $(if $(EXTRA_EVALS),--extra-evals)
+# A sweep: `$(SWEEP) <grid file> $(SWEEP_KEYS) $(ARGS)` (the grid first, then key=value; ARGS="sweep.only=raster,random").
+SWEEP = $(PY) -m sar_lightning sweep
+SWEEP_KEYS = sweep.profile=$(PROFILE) sweep.jobs=$(JOBS) root=$(ROOT) $(if $(DATA),sweep.data=$(DATA)) \
+	$(if $(SEEDS),sweep.seeds=$(SEEDS)) $(if $(EXTRA_EVALS),sweep.extra_evals=true)
 PLOT = $(PY) analysis/plot_tradeoffs.py --root $(ROOT)
 # DATA=fashion_mnist moves a sweep onto Fashion-MNIST VQ codes (experiments/grids/data/), extracted first.
 FASHION_VQ := data/tokenizers/fashion_mnist_vq7
@@ -55,43 +57,43 @@ lint: install ## ruff on the code, and the import contracts of pyproject.toml (l
 	$(VENV)/bin/lint-imports
 
 bench: install ## sampling speed: KV cache vs recomputation vs one teacher-forced forward
-	$(PY) -m sar_lightning.speed.bench
+	$(PY) -m sar_lightning bench $(ARGS)
 
 bench-train: install ## training throughput (tokens/s) across the spectrum and the GPT baseline
-	$(PY) -m sar_lightning.speed.bench --train
+	$(PY) -m sar_lightning bench train=true $(ARGS)
 
-gpu-check: install ## CUDA only, < 5 min: training tokens/s, cached == uncached, sampling s/image, DDP (ARGS="--steps 30")
-	$(PY) -m sar_lightning.speed.gpu_check $(ARGS)
+gpu-check: install ## CUDA only, < 5 min: training tokens/s, cached == uncached, sampling s/image, DDP (ARGS="steps=30")
+	$(PY) -m sar_lightning gpu-check $(ARGS)
 
 train: install ## one run: make train CONFIG=experiments/smoke.yaml ARGS="train.max_steps=100"
-	$(PY) -m sar_lightning.training.train $(or $(CONFIG),experiments/smoke.yaml) root=$(ROOT) $(ARGS)
+	$(PY) -m sar_lightning train $(or $(CONFIG),experiments/smoke.yaml) root=$(ROOT) $(ARGS)
 
 evaluate: install ## evaluate one run: make evaluate RUN=runs/<run_id> ARGS="infer.num_steps=[1,4]"
-	$(PY) -m sar_lightning.evaluation.evaluate $(RUN) $(ARGS)
+	$(PY) -m sar_lightning evaluate $(RUN) $(ARGS)
 
-sample: install ## sample one run into a PNG grid: make sample RUN=runs/<run_id> ARGS="--steps 4 --progress"
-	$(PY) -m sar_lightning.evaluation.sample $(RUN) $(ARGS)
+sample: install ## sample one run into a PNG grid: make sample RUN=runs/<run_id> ARGS="infer.num_steps=4 sample.progress=true"
+	$(PY) -m sar_lightning sample $(RUN) $(ARGS)
 
 sweep-orders: install $(DATA_PREP) ## the main job: every order at K = N, FD vs steps + train x inference order matrix (DATA=fashion_mnist: on VQ codes)
-	$(SWEEP) experiments/grids/orders.yaml $(ARGS) && $(PLOT) --grid orders
+	$(SWEEP) experiments/grids/orders.yaml $(SWEEP_KEYS) $(ARGS) && $(PLOT) --grid orders
 
 sweep-intervals: install $(DATA_PREP) ## random order with different training interval schedules and K
-	$(SWEEP) experiments/grids/intervals.yaml $(ARGS) && $(PLOT) --grid intervals
+	$(SWEEP) experiments/grids/intervals.yaml $(SWEEP_KEYS) $(ARGS) && $(PLOT) --grid intervals
 
 sweep-mar: install $(DATA_PREP) ## the MAR end: split sampler, first-set loss, causal vs full decoder attention
-	$(SWEEP) experiments/grids/mar.yaml $(ARGS) && $(PLOT) --grid mar
+	$(SWEEP) experiments/grids/mar.yaml $(SWEEP_KEYS) $(ARGS) && $(PLOT) --grid mar
 
 sweep-spectrum: install $(DATA_PREP) ## AR, SAR-TS, MAR, VAR-like and the GPT baseline, KV cache on and off
-	$(SWEEP) experiments/grids/spectrum.yaml $(ARGS) && $(PLOT) --grid spectrum
+	$(SWEEP) experiments/grids/spectrum.yaml $(SWEEP_KEYS) $(ARGS) && $(PLOT) --grid spectrum
 
 vq-fashion: install fashion-data ## train the Fashion-MNIST VQ-VAE (28x28 -> 7x7 codes, 256 entries) into data/tokenizers/fashion_mnist_vq7
-	$(PY) -m sar_lightning.data.tokenizers.train_vq --data fashion_mnist --out $(FASHION_VQ) --grid 7 --codebook-size 256 --max-steps 1000 --threads $(JOBS)
+	$(PY) -m sar_lightning train-vq data=fashion_mnist out=$(FASHION_VQ) grid=7 codebook_size=256 max_steps=1000 threads=$(JOBS)
 
 tokenize-fashion: vq-fashion ## Fashion-MNIST as 7x7 VQ codes in data/fashion_mnist_vq7 (skipped when up to date)
-	$(PY) -m sar_lightning.data.tokenize --data fashion_mnist --tokenizer vqvae:$(FASHION_VQ)/vqvae.pt --out $(FASHION_CODES) --threads $(JOBS)
+	$(PY) -m sar_lightning tokenize data=fashion_mnist tokenizer=vqvae:$(FASHION_VQ)/vqvae.pt out=$(FASHION_CODES) threads=$(JOBS)
 
 sweep-anneal: install ## RAR's order annealing against raster and random, sampled in both orders (ALL_SEEDS seeds)
-	$(SWEEP) experiments/grids/anneal.yaml $(if $(SEEDS),,--seeds $(ALL_SEEDS)) $(ARGS) && $(PLOT) --grid anneal
+	$(SWEEP) experiments/grids/anneal.yaml $(SWEEP_KEYS) $(if $(SEEDS),,sweep.seeds=$(ALL_SEEDS)) $(ARGS) && $(PLOT) --grid anneal
 
 sweep-all: install ## every grid (orders, intervals, mar, spectrum, anneal) with ALL_SEEDS training seeds, the plots, the report
 	$(MAKE) sweep-orders sweep-intervals sweep-mar sweep-spectrum sweep-anneal SEEDS=$(or $(SEEDS),$(ALL_SEEDS)) EXTRA_EVALS=1
@@ -110,7 +112,7 @@ GRIDS := orders intervals mar spectrum anneal
 ARCHIVE ?= docs/results/runs
 
 report: install ## ROOT's results merged into the archive (docs/results/runs), then every grid's figures and FINDINGS.md from it
-	@if [ -d $(ROOT) ]; then $(PY) -m sar_lightning.sweeps.archive --root $(ROOT) --into $(ARCHIVE); fi
+	@if [ -d $(ROOT) ]; then $(PY) -m sar_lightning archive root=$(ROOT) into=$(ARCHIVE); fi
 	@for g in $(GRIDS); do $(PY) analysis/plot_tradeoffs.py --root $(ARCHIVE) --grid $$g --out docs/results \
 		|| echo "[report] no figures for grid $$g yet"; done
 	$(PY) analysis/report.py --root $(ARCHIVE) --readme README.md

@@ -10,13 +10,21 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, make_dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, get_type_hints
 
 import yaml
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
+
+from sar_lightning.core.intervals import SCHEDULES, SELF_SIZED, make_intervals
+from sar_lightning.core.masks import DECODER_MODES
+from sar_lightning.core.orders import parse_order_name
+from sar_lightning.core.sampling import ATTN_MODES, CFG_SCHEDULES
+from sar_lightning.data.codes import TOKENIZERS, data_info, known_data
+from sar_lightning.models.base import ModelConfig
+from sar_lightning.models.registry import MODELS, model_class
 
 
 class ConfigError(ValueError):
@@ -26,7 +34,7 @@ class ConfigError(ValueError):
 @dataclass
 class DataConfig:
     name: str = "digits"  # an image data set of sar_lightning.data.datasets, or "codes"
-    path: str | None = None  # codes: folder written by `python -m sar_lightning.data.tokenize`
+    path: str | None = None  # codes: folder written by `python -m sar_lightning tokenize`
     tokenizer: str = "pixel"  # image data sets: pixel | vq (a VQ-VAE checkpoint at tokenizer_path)
     tokenizer_path: str | None = None
     levels: int = 17  # pixel tokenizer: intensity levels = vocabulary size
@@ -35,13 +43,26 @@ class DataConfig:
     num_workers: int = 0
 
 
-@dataclass
-class ModelSection:
-    name: str = "tiny"  # a key of sar_lightning.models.MODELS
-    decoder_attn: str = "block_causal"  # block_causal | own_set | full
-    first_set_loss: bool = True
-    class_dropout: float = 0.1
-    dropout: float = 0.0
+# The ModelConfig fields a config sets (the others are the size, which model.name picks, and the data's grid,
+# vocabulary and classes).
+MODEL_KNOBS = ("decoder_attn", "first_set_loss", "class_dropout", "dropout")
+
+
+def _model_section() -> type:
+    """``ModelSection``: ``name`` (a key of models.registry MODELS), then ``MODEL_KNOBS`` with ModelConfig's
+    types and defaults, so each model knob is declared once, in ModelConfig."""
+    types, defaults = get_type_hints(ModelConfig), ModelConfig()
+    knobs = [(k, types[k], field(default=getattr(defaults, k))) for k in MODEL_KNOBS]
+    section = make_dataclass("ModelSection", [("name", str, field(default="tiny")), *knobs])
+    section.__module__ = __name__
+    return section
+
+
+ModelSection = _model_section()
+
+LR_SCHEDULES = ("constant", "cosine")  # train.lr_schedule: the LR factor of training.module (after warm-up)
+# train.precision: the Lightning precisions runs use (training.train hands it to the Trainer)
+PRECISIONS = ("32", "32-true", "bf16-mixed", "16-mixed", "bf16-true")
 
 
 @dataclass
@@ -54,7 +75,7 @@ class TrainConfig:
     num_steps_range: list[int] | None = None  # [lo, hi]: K drawn uniformly per batch (overrides num_steps)
     max_steps: int = 1000
     lr: float = 1e-3
-    lr_schedule: str = "constant"  # constant | cosine (after warm-up)
+    lr_schedule: str = "constant"  # one of LR_SCHEDULES: constant | cosine (after warm-up)
     warmup_steps: int = 100
     min_lr_ratio: float = 0.1  # cosine floor, as a fraction of lr
     weight_decay: float = 0.05  # on matrices only
@@ -62,8 +83,8 @@ class TrainConfig:
     grad_clip: float = 1.0
     ema_decay: float = 0.999  # 0 disables the EMA
     ema_start_step: int = 0
-    # a Lightning precision: 32 | 32-true | bf16-mixed | 16-mixed | bf16-true. In bf16, cached and uncached
-    # sampling differ in some tokens (docs/method.md section 5); fp32 is exact.
+    # one of PRECISIONS. In bf16, cached and uncached sampling differ in some tokens (docs/method.md section 5);
+    # fp32 is exact.
     precision: str = "32"
     compile: bool = False
     val_every: int = 200  # steps
@@ -210,70 +231,74 @@ def _choice(key: str, value, valid) -> None:
 
 def check_config(cfg: Config) -> None:
     """Choices and consistency the types cannot express. Raises ``ConfigError`` naming the key."""
-    from sar_lightning.core.intervals import SCHEDULES
-    from sar_lightning.core.masks import DECODER_MODES
-    from sar_lightning.core.orders import parse_order_name
-    from sar_lightning.data.codes import data_info, known_data
-    from sar_lightning.models.registry import MODELS, model_class
+    _check_choices(cfg)
+    _check_ranges(cfg)
+    _check_against_data(cfg)
 
+
+def _check_choices(cfg: Config) -> None:
+    """Every named choice is one its registry holds."""
     _choice("data.name", cfg.data.name, known_data())
-    _choice("data.tokenizer", cfg.data.tokenizer, ("pixel", "vq"))
+    _choice("data.tokenizer", cfg.data.tokenizer, TOKENIZERS)
     _choice("model.name", cfg.model.name, list(MODELS))
     _choice("model.decoder_attn", cfg.model.decoder_attn, DECODER_MODES)
     _choice("train.schedule", cfg.train.schedule, sorted(SCHEDULES))
-    _choice("train.lr_schedule", cfg.train.lr_schedule, ("constant", "cosine"))
-    _choice("train.precision", cfg.train.precision, ("32", "32-true", "bf16-mixed", "16-mixed", "bf16-true"))
+    _choice("train.lr_schedule", cfg.train.lr_schedule, LR_SCHEDULES)
+    _choice("train.precision", cfg.train.precision, PRECISIONS)
     _choice("infer.schedule", cfg.infer.schedule, sorted(SCHEDULES))
-    _choice("infer.cfg_schedule", cfg.infer.cfg_schedule, ("constant", "linear"))
-    _choice("infer.attn", cfg.infer.attn, ("causal", "full"))
+    _choice("infer.cfg_schedule", cfg.infer.cfg_schedule, CFG_SCHEDULES)
+    _choice("infer.attn", cfg.infer.attn, ATTN_MODES)
     for key, name in [("train.order", cfg.train.order)] + [("infer.orders", o) for o in cfg.infer.orders]:
         try:
             parse_order_name(name)
         except ValueError as err:
             raise ConfigError(f"{key}: {err}") from None
-    positive = {"data.batch_size": cfg.data.batch_size, "train.max_steps": cfg.train.max_steps,
-                "train.val_every": cfg.train.val_every, "train.ckpt_every": cfg.train.ckpt_every,
-                "train.log_every": cfg.train.log_every, "infer.num_samples": cfg.infer.num_samples,
-                "infer.batch_size": cfg.infer.batch_size, "trainer.num_nodes": cfg.trainer.num_nodes}
-    for key, value in positive.items():
-        if value < 1:
-            raise ConfigError(f"{key} must be >= 1, got {value}")
-    t, inf = cfg.train, cfg.infer
-    at_least = {"train.warmup_steps": (t.warmup_steps, 0), "train.weight_decay": (t.weight_decay, 0),
+    if cfg.data.tokenizer == "vq" and not cfg.data.tokenizer_path:
+        raise ConfigError("data.tokenizer=vq needs data.tokenizer_path (a VQ-VAE checkpoint)")
+
+
+def _check_ranges(cfg: Config) -> None:
+    """Every number lies in its range; lists that need values have them."""
+    d, t, inf = cfg.data, cfg.train, cfg.infer
+    at_least = {"data.batch_size": (d.batch_size, 1), "train.max_steps": (t.max_steps, 1),
+                "train.val_every": (t.val_every, 1), "train.ckpt_every": (t.ckpt_every, 1),
+                "train.log_every": (t.log_every, 1), "infer.num_samples": (inf.num_samples, 1),
+                "infer.batch_size": (inf.batch_size, 1), "trainer.num_nodes": (cfg.trainer.num_nodes, 1),
+                "train.warmup_steps": (t.warmup_steps, 0), "train.weight_decay": (t.weight_decay, 0),
                 "train.ema_start_step": (t.ema_start_step, 0), "train.grad_clip": (t.grad_clip, 0),
                 "train.seed": (t.seed, 0), "train.val_batches": (t.val_batches, 1),
-                "data.num_workers": (cfg.data.num_workers, 0), "infer.temperature": (inf.temperature, 0),
+                "data.num_workers": (d.num_workers, 0), "infer.temperature": (inf.temperature, 0),
                 "infer.seed": (inf.seed, 0), "infer.timing_batch": (inf.timing_batch, 1),
                 "infer.timing_repeats": (inf.timing_repeats, 0), "infer.bootstrap": (inf.bootstrap, 0)}
     for key, (value, least) in at_least.items():
         if not value >= least:
             raise ConfigError(f"{key} must be >= {least}, got {value}")
-    bad_scales = [w for w in cfg.infer.cfg_scale if not w >= 0]
-    if bad_scales or not cfg.infer.cfg_scale:
-        raise ConfigError(f"infer.cfg_scale: guidance scales must be >= 0 (1 = no guidance), got {cfg.infer.cfg_scale}")
-    for key, values in [("infer.num_steps", cfg.infer.num_steps), ("infer.kv_cache", cfg.infer.kv_cache)]:
+    if not inf.cfg_scale or any(not w >= 0 for w in inf.cfg_scale):
+        raise ConfigError(f"infer.cfg_scale: guidance scales must be >= 0 (1 = no guidance), got {inf.cfg_scale}")
+    for key, values in [("infer.num_steps", inf.num_steps), ("infer.kv_cache", inf.kv_cache)]:
         if not values:
             raise ConfigError(f"{key} is empty: give at least one value")
-    if cfg.infer.top_k is not None and cfg.infer.top_k < 1:
-        raise ConfigError(f"infer.top_k must be >= 1 or null, got {cfg.infer.top_k}")
-    if cfg.infer.top_p is not None and not 0 < cfg.infer.top_p <= 1:
-        raise ConfigError(f"infer.top_p must lie in (0, 1] or be null, got {cfg.infer.top_p}")
-    if not cfg.infer.ckpt.strip():
+    if inf.top_k is not None and inf.top_k < 1:
+        raise ConfigError(f"infer.top_k must be >= 1 or null, got {inf.top_k}")
+    if inf.top_p is not None and not 0 < inf.top_p <= 1:
+        raise ConfigError(f"infer.top_p must lie in (0, 1] or be null, got {inf.top_p}")
+    if not inf.ckpt.strip():
         raise ConfigError("infer.ckpt is empty: use last or a file name under checkpoints/")
-    if not 0 <= cfg.train.anneal_start <= cfg.train.anneal_end <= 1:
+    if not 0 <= t.anneal_start <= t.anneal_end <= 1:
         raise ConfigError(f"train.anneal_start and train.anneal_end must satisfy 0 <= start <= end <= 1, got "
-                          f"{cfg.train.anneal_start} and {cfg.train.anneal_end}")
-    if not 0 <= cfg.train.min_lr_ratio <= 1:
-        raise ConfigError(f"train.min_lr_ratio must lie in [0, 1], got {cfg.train.min_lr_ratio}")
-    if not cfg.train.lr > 0:
-        raise ConfigError(f"train.lr must be > 0, got {cfg.train.lr}")
-    if not 0 <= cfg.train.ema_decay < 1:
-        raise ConfigError(f"train.ema_decay must lie in [0, 1), got {cfg.train.ema_decay}")
-    if len(cfg.train.betas) != 2:
-        raise ConfigError(f"train.betas needs two values, got {cfg.train.betas}")
-    if cfg.data.tokenizer == "vq" and not cfg.data.tokenizer_path:
-        raise ConfigError("data.tokenizer=vq needs data.tokenizer_path (a VQ-VAE checkpoint)")
+                          f"{t.anneal_start} and {t.anneal_end}")
+    if not 0 <= t.min_lr_ratio <= 1:
+        raise ConfigError(f"train.min_lr_ratio must lie in [0, 1], got {t.min_lr_ratio}")
+    if not t.lr > 0:
+        raise ConfigError(f"train.lr must be > 0, got {t.lr}")
+    if not 0 <= t.ema_decay < 1:
+        raise ConfigError(f"train.ema_decay must lie in [0, 1), got {t.ema_decay}")
+    if len(t.betas) != 2:
+        raise ConfigError(f"train.betas needs two values, got {t.betas}")
 
+
+def _check_against_data(cfg: Config) -> None:
+    """Step counts, the training schedule and the model fit the data's grid of N cells."""
     try:
         info = data_info(cfg.data)  # cheap: constants or the codes manifest
     except (ValueError, FileNotFoundError) as err:
@@ -286,8 +311,6 @@ def check_config(cfg: Config) -> None:
     rng = cfg.train.num_steps_range
     if rng is not None and (len(rng) != 2 or not 1 <= rng[0] <= rng[1] <= n):
         raise ConfigError(f"train.num_steps_range must be [lo, hi] with 1 <= lo <= hi <= N={n}, got {rng}")
-    from sar_lightning.core.intervals import SELF_SIZED, make_intervals
-
     ks = [None] if cfg.train.schedule in SELF_SIZED else [rng[0], rng[1]] if rng else [cfg.train.num_steps]
     for k in ks:
         try:
@@ -309,8 +332,6 @@ def num_steps_label(cfg: Config, num_tokens: int) -> str:
     if t.schedule == "mar":
         return "2"
     if t.schedule == "next_scale":
-        from sar_lightning.core.intervals import make_intervals
-
         return str(len(make_intervals("next_scale", num_tokens)))
     return str(t.num_steps)
 
@@ -327,8 +348,6 @@ def run_identity(cfg: Config) -> dict:
     if cfg.train.order != "anneal":
         for k in ("anneal_start", "anneal_end"):
             ident["train"].pop(k, None)
-    from sar_lightning.core.intervals import SELF_SIZED
-
     if cfg.train.schedule in SELF_SIZED:  # these schedules size themselves: K is not a setting
         ident["train"]["num_steps"] = None
     for old, new in RENAMED_KEYS.items():
@@ -352,8 +371,6 @@ def recipe_id(cfg: Config, run: str | None = None) -> str:
 def run_id(cfg: Config) -> str:
     """``{order}-{K}-{schedule}_{model}_{data}_s{seed}_{hash}``: semantic, never from the clock; the hash
     covers ``run_identity``."""
-    from sar_lightning.data.codes import data_info
-
     info = data_info(cfg.data)
     digest = hashlib.sha1(json.dumps(run_identity(cfg), sort_keys=True).encode()).hexdigest()[:6]
     order = cfg.train.order.replace(":", "")

@@ -6,7 +6,9 @@ The training callback, the sample command and the README figures all lay out ima
 from __future__ import annotations
 
 import torch
-from torchvision.utils import make_grid
+from torchvision.utils import make_grid, save_image
+
+from sar_lightning.files import atomic_write
 
 CELL = 64  # the smallest side, in pixels, of one image in a grid
 
@@ -25,8 +27,4 @@ def image_grid(images: torch.Tensor, nrow: int, cell: int = CELL) -> torch.Tenso
 
 def save_png(grid: torch.Tensor, path) -> None:
     """Write an image ``[C, H, W]`` in [0, 1] as a PNG, atomically (never a half-written file)."""
-    from torchvision.utils import save_image
-
-    from sar_lightning.files import atomic_write
-
     atomic_write(path, lambda tmp: save_image(grid, tmp, format="png"))

@@ -14,6 +14,7 @@ from matplotlib.container import BarContainer, ErrorbarContainer
 
 from sar_lightning.analysis import plots as plot_tradeoffs
 from sar_lightning.analysis import table as collect
+from sar_lightning.cli import main as cli
 
 ANALYSIS = Path(__file__).resolve().parents[1] / "analysis"  # the command-line scripts
 
@@ -94,7 +95,7 @@ def test_table_is_written_atomically_and_reloads_equal(tmp_path):
     pd.testing.assert_frame_equal(collect.load_table(parquet), df)
     pd.testing.assert_frame_equal(collect.load_table(csv), df, check_dtype=False)
     assert sorted(p.name for p in parquet.parent.iterdir()) == ["results.csv", "results.parquet"]  # no temp files
-    assert collect.main(["--root", str(tmp_path / "runs"), "--out", str(tmp_path / "again")]) == 0
+    assert cli(["collect", f"root={tmp_path / 'runs'}", f"out={tmp_path / 'again'}"]) == 0
     assert (tmp_path / "again.parquet").exists() and (tmp_path / "again.csv").exists()
 
 
@@ -109,7 +110,7 @@ def test_empty_root_says_so_and_exits_nonzero(tmp_path):
 
 def test_figures_for_the_full_table_one_per_extractor(tmp_path, capsys):
     root, out = _tree(tmp_path / "runs"), tmp_path / "fig"
-    assert plot_tradeoffs.main(["--root", str(root), "--out", str(out)]) == 0
+    assert cli(["plots", f"root={root}", f"out={out}"]) == 0
     per_extractor = {f"{fig}_{ext}" for fig in ("fd_vs_steps", "fd_vs_time") for ext in ("digits_cnn", "inception")}
     assert _figures(out) == per_extractor | {"order_matrix_digits_cnn", "mar_ablation_digits_cnn"}
     summary = (out / "summary.md").read_text()
@@ -125,14 +126,14 @@ def test_figures_for_the_full_table_one_per_extractor(tmp_path, capsys):
     ("mar", {"mar_fd_vs_steps_digits_cnn", "mar_fd_vs_time_digits_cnn", "mar_mar_ablation_digits_cnn"})])
 def test_figures_for_one_grid(tmp_path, grid, figures):
     root, out = _tree(tmp_path / "runs"), tmp_path / "fig"
-    assert plot_tradeoffs.main(["--root", str(root), "--grid", grid, "--out", str(out)]) == 0
+    assert cli(["plots", f"root={root}", f"grid={grid}", f"out={out}"]) == 0
     assert _figures(out) == figures
     summary = (out / f"{grid}_summary.md").read_text()
     assert summary.startswith(f"# Question of {grid}?")
     assert ("raster" in summary) == (grid == "orders") and ("MAR split" in summary) == (grid == "mar")
     # drawn again from the same table: the same bytes (no dates in the PDFs), no temporary file left
     first = {p.name: p.read_bytes() for p in out.iterdir()}
-    assert plot_tradeoffs.main(["--root", str(root), "--grid", grid, "--out", str(out)]) == 0
+    assert cli(["plots", f"root={root}", f"grid={grid}", f"out={out}"]) == 0
     assert {p.name: p.read_bytes() for p in out.iterdir()} == first
 
 
@@ -141,7 +142,7 @@ def test_figures_for_a_partial_table_skip_what_is_missing(tmp_path, capsys):
     table = tmp_path / "partial.csv"
     df.drop(columns=["sec_per_image", "kv_cache", "grids"]).to_csv(table, index=False)
     out = tmp_path / "fig"
-    assert plot_tradeoffs.main(["--table", str(table), "--out", str(out)]) == 0
+    assert cli(["plots", f"table={table}", f"out={out}"]) == 0
     assert _figures(out) == {"fd_vs_steps_digits_cnn", "fd_vs_steps_inception"}
     said = capsys.readouterr().out
     assert "fd_vs_time: no sec_per_image" in said and "order_matrix (digits_cnn)" in said and "no kv_cache" in said
@@ -151,12 +152,12 @@ def test_figures_for_a_partial_table_skip_what_is_missing(tmp_path, capsys):
 def test_no_results_is_said_clearly(tmp_path, capsys):
     (tmp_path / "empty").mkdir()
     out = tmp_path / "fig"
-    assert plot_tradeoffs.main(["--root", str(tmp_path / "empty"), "--out", str(out)]) == 1
+    assert cli(["plots", f"root={tmp_path / 'empty'}", f"out={out}"]) == 1
     assert f"no results under {tmp_path / 'empty'}" in capsys.readouterr().err
-    assert plot_tradeoffs.main(["--table", str(tmp_path / "missing.parquet"), "--out", str(out)]) == 1
+    assert cli(["plots", f"table={tmp_path / 'missing.parquet'}", f"out={out}"]) == 1
     assert "no results table at" in capsys.readouterr().err
     root = _tree(tmp_path / "runs")
-    assert plot_tradeoffs.main(["--root", str(root), "--grid", "nosuchgrid", "--out", str(out)]) == 1
+    assert cli(["plots", f"root={root}", "grid=nosuchgrid", f"out={out}"]) == 1
     assert "no results for grid 'nosuchgrid'" in capsys.readouterr().err
     assert not out.exists()
 
@@ -328,7 +329,7 @@ def test_old_single_seed_tables_still_plot_without_intervals(tmp_path, figures):
     assert "seed" not in summary and "[" not in summary
     table, out = tmp_path / "old.csv", tmp_path / "fig"
     old.to_csv(table, index=False)
-    assert plot_tradeoffs.main(["--table", str(table), "--out", str(out)]) == 0
+    assert cli(["plots", f"table={table}", f"out={out}"]) == 0
     assert (out / "summary.md").read_text() == summary
 
 

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 from sar_lightning.analysis.report import wall_times
+from sar_lightning.cli import main as cli
 from sar_lightning.runs import read_results, sweep_record
 from sar_lightning.sweeps import archive as A
 
@@ -80,7 +81,7 @@ def test_rows_of_other_extractors_are_kept_apart():
 
 
 def test_a_missing_runs_folder_is_one_line_and_exit_2(tmp_path, capsys):
-    assert A.main(["--root", str(tmp_path / "nope"), "--into", str(tmp_path / "archive")]) == 2
+    assert cli(["archive", f"root={tmp_path / 'nope'}", f"into={tmp_path / 'archive'}"]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "nope" in err and not (tmp_path / "archive").exists()
 
@@ -90,7 +91,7 @@ def test_a_torn_archived_manifest_is_one_line_and_exit_2(tmp_path, capsys):
     (into / "sweeps").mkdir(parents=True)
     (into / "sweeps" / "orders-default.json").write_text("{torn")
     root = _session(tmp_path / "a", {"r_s0": [_row(1, 9.0)]}, 60.0, "2026-12-01T10:00:00")
-    assert A.main(["--root", str(root), "--into", str(into)]) == 2
+    assert cli(["archive", f"root={root}", f"into={into}"]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "orders-default.json" in err
     assert (into / "sweeps" / "orders-default.json").read_text() == "{torn"

@@ -7,8 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from sar_lightning.core import attention
-from sar_lightning.core.attention import SetMask, attend
+from sar_lightning.core.attention import SetMask, attend, attention_kernel, current_kernel
 from sar_lightning.core.masks import build_masks, set_masks
 from sar_lightning.core.orders import make_order
 from sar_lightning.models.registry import build_model
@@ -16,12 +15,6 @@ from sar_lightning.models.registry import build_model
 INTERVALS = {"ar": [1] * 16, "uniform": [4] * 4, "ragged": [3, 5, 1, 7], "ragged-last": [5, 5, 5, 1],
              "one-set": [16], "mar": [6, 10]}
 MODES = ("block_causal", "own_set", "full")
-
-
-@pytest.fixture(autouse=True)
-def reset_kernel():
-    yield
-    attention.kernel = "auto"
 
 
 @pytest.mark.parametrize("name", INTERVALS)
@@ -44,13 +37,13 @@ def test_plain_causal_is_recognised_only_where_it_holds():
 @pytest.mark.parametrize("mode", MODES)
 def test_every_kernel_matches_the_boolean_mask(kernel, name, mode):
     """Flex runs here through its eager CPU implementation (the compiled kernel needs CUDA)."""
-    attention.kernel = kernel
     g = torch.Generator().manual_seed(0)
     for mask in set_masks(INTERVALS[name], mode):
         q = torch.randn(2, 3, len(mask.q_ids), 8, generator=g)
         k, v = torch.randn(2, 2, 3, len(mask.k_ids), 8, generator=g)
         ref = F.scaled_dot_product_attention(q, k, v, attn_mask=mask.dense())
-        torch.testing.assert_close(attend(q, k, v, mask), ref, atol=1e-5, rtol=1e-5)
+        with attention_kernel(kernel):
+            torch.testing.assert_close(attend(q, k, v, mask), ref, atol=1e-5, rtol=1e-5)
 
 
 MODEL_CASES = [(name, mode, iv) for name, mode in [("tiny", "block_causal"), ("tiny", "own_set"), ("tiny", "full")]
@@ -68,10 +61,10 @@ def test_model_logits_match_the_reference_path(kernel, name, mode, iv):
     g = torch.Generator().manual_seed(1)
     tokens, labels = torch.randint(0, 17, (3, 64), generator=g), torch.tensor([0, 4, 9])
     order = make_order("raster" if name.startswith("gpt") else "random", 8, 8, 3, generator=g)
-    attention.kernel = "dense"
-    ref = model(tokens, labels, order, intervals)
-    attention.kernel = kernel
-    torch.testing.assert_close(model(tokens, labels, order, intervals), ref, atol=1e-5, rtol=1e-4)
+    with attention_kernel("dense"):
+        ref = model(tokens, labels, order, intervals)
+    with attention_kernel(kernel):
+        torch.testing.assert_close(model(tokens, labels, order, intervals), ref, atol=1e-5, rtol=1e-4)
 
 
 @pytest.mark.parametrize("queries, keys", [(1, 1), (1, 37), (4, 20), (16, 64), (17, 64)])
@@ -84,8 +77,21 @@ def test_few_unmasked_queries_match_the_flash_kernel(queries, keys):
     k, v = cache_k[:, :, :keys], cache_v[:, :, :keys]  # non-contiguous views, as KVSlot.append returns
     ref = F.scaled_dot_product_attention(q, k, v)
     torch.testing.assert_close(attend(q, k, v), ref, atol=1e-5, rtol=1e-5)
-    attention.kernel = "dense"
-    assert torch.equal(attend(q, k, v), ref)  # the reference path is PyTorch's own kernel
+    with attention_kernel("dense"):
+        assert torch.equal(attend(q, k, v), ref)  # the reference path is PyTorch's own kernel
+
+
+def test_the_kernel_is_a_context_restored_after_its_block():
+    assert current_kernel() == "auto"
+    with attention_kernel("dense"):
+        assert current_kernel() == "dense"
+        with attention_kernel("flex"):
+            assert current_kernel() == "flex"
+        assert current_kernel() == "dense"
+    assert current_kernel() == "auto"
+    with pytest.raises(ValueError, match="unknown attention kernel"):
+        with attention_kernel("fast"):
+            pass
 
 
 def test_a_bad_rule_is_refused():

@@ -12,11 +12,12 @@ import pytest
 import torch
 from conftest import REPO, SMOKE
 
+from sar_lightning.cli import main as cli
 from sar_lightning.config import ConfigError, load_config
 from sar_lightning.core.sampling import Sampler
 from sar_lightning.data.codes import decoder_for
 from sar_lightning.evaluation import evaluate as evaluate_module
-from sar_lightning.evaluation.evaluate import evaluate, main, pass_seconds_per_image, sample_images
+from sar_lightning.evaluation.evaluate import evaluate, pass_seconds_per_image, sample_images
 from sar_lightning.runs import RESULTS, read_results
 from sar_lightning.training.checkpoints import load_model
 from sar_lightning.training.train import train
@@ -125,7 +126,7 @@ def test_an_interrupted_evaluation_keeps_finished_rows(run_dir, monkeypatch):
 def test_overrides_that_change_the_trained_run_are_refused(run_dir, capsys):
     with pytest.raises(ConfigError, match="only change infer"):
         evaluate(run_dir, ["train.lr=0.5"])
-    assert main([str(run_dir), "infer.orders=[zigzag]"]) == 2
+    assert cli(["evaluate", str(run_dir), "infer.orders=[zigzag]"]) == 2
     assert "valid orders" in capsys.readouterr().err
 
 
@@ -138,7 +139,7 @@ def test_two_processes_give_the_numbers_of_one(run_dir, tmp_path):
     for d in (single, double):
         shutil.copytree(run_dir, d, ignore=shutil.ignore_patterns(RESULTS))
     args = [*FAST_EVAL, "infer.num_steps=[4]", "threads=1"]
-    cmd = [sys.executable, "-m", "sar_lightning.evaluation.evaluate"]
+    cmd = [sys.executable, "-m", "sar_lightning", "evaluate"]
     one = subprocess.run([*cmd, str(single), *args], cwd=REPO, capture_output=True, text=True, timeout=300)
     two = subprocess.run([*cmd, str(double), *args, "trainer.devices=2", "trainer.strategy=ddp"], cwd=REPO,
                          capture_output=True, text=True, timeout=300)
@@ -166,7 +167,7 @@ def test_evaluations_joined_by_and_give_the_rows_of_separate_calls(run_dir, tmp_
     evaluate(apart, second)
     RunDir(joined).give_threads(2)
     try:
-        assert main([str(joined), *first, "--and", *second]) == 0
+        assert cli(["evaluate", str(joined), *first, "--and", *second]) == 0
         assert torch.get_num_threads() == 2  # taken up from the run folder's threads file
     finally:
         torch.set_num_threads(1)

@@ -41,8 +41,8 @@ def die(self, batch, batch_idx):
         os.kill(os.getpid(), signal.SIGKILL)
 
 SARLightningModule.on_train_batch_start = die
-from sar_lightning.training.train import main
-sys.exit(main(sys.argv[1:]))
+from sar_lightning.cli import main
+sys.exit(main(["train", *sys.argv[1:]]))
 """
 
 

@@ -8,9 +8,10 @@ import math
 import pytest
 import torch
 
-from sar_lightning.core import attention
+from sar_lightning.cli import main as cli
+from sar_lightning.core.attention import current_kernel
 from sar_lightning.speed import gpu_check
-from sar_lightning.speed.gpu_check import KERNELS, NO_CUDA, SKIPPED, Plan, main, run_checks
+from sar_lightning.speed.gpu_check import KERNELS, NO_CUDA, SKIPPED, Plan, run_checks
 
 SMALL = dict(vocab_size=64, num_classes=10, height=8, width=8)  # N = 64
 
@@ -23,7 +24,7 @@ def plan(**overrides) -> Plan:
 def test_without_cuda_it_prints_one_line_and_exits_0(monkeypatch, capsys, tmp_path):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     monkeypatch.setattr(gpu_check, "run_checks", lambda p: pytest.fail("no check may run without CUDA"))
-    assert main(["--out", str(tmp_path / "gpu.md")]) == 0
+    assert cli(["gpu-check", f"out={tmp_path / 'gpu.md'}"]) == 0
     assert capsys.readouterr().out.splitlines() == [NO_CUDA]
     assert not (tmp_path / "gpu.md").exists()
 
@@ -33,7 +34,7 @@ def test_main_prints_and_writes_the_tables_and_reports_failure(monkeypatch, caps
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(gpu_check, "run_checks", lambda p: (seen.append(p), ("| a |\n| --- |", False))[1])
     out = tmp_path / "sub" / "gpu.md"
-    assert main(["--out", str(out), "--steps", "5", "--batch", "8"]) == 1  # a correctness check failed
+    assert cli(["gpu-check", f"out={out}", "steps=5", "batch=8"]) == 1  # a correctness check failed
     assert out.read_text() == "| a |\n| --- |\n"
     assert "| a |" in capsys.readouterr().out
     assert (seen[0].steps, seen[0].batch, seen[0].size, seen[0].device.type) == (5, 8, "B", "cuda")
@@ -50,7 +51,7 @@ def test_training_throughput_of_every_setup_on_cpu(kernel):
     for _, name, order, schedule, k in p.setups():
         rate, graphs = gpu_check.train_throughput(p, name, order, schedule, k, kernel, compiled=False)
         assert math.isfinite(rate) and rate > 0 and graphs == 0  # nothing compiles eagerly on the CPU
-    assert attention.kernel == "auto"  # restored
+    assert current_kernel() == "auto"  # restored
 
 
 def test_a_compile_failure_is_a_cell_not_a_crash(monkeypatch):

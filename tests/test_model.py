@@ -7,8 +7,9 @@ import torch.nn.functional as F
 
 from sar_lightning.core.intervals import make_intervals
 from sar_lightning.core.orders import make_order
+from sar_lightning.core.sampling import Sampler
 from sar_lightning.models.base import sar_loss
-from sar_lightning.models.registry import MODELS, build_model
+from sar_lightning.models.registry import MODELS, build_model, model_class
 
 H = W = 8
 N, V = H * W, 17
@@ -163,6 +164,22 @@ def test_gpt_baseline_is_causal_raster_only():
         gpt.loss(tokens, labels, order, make_intervals("uniform", N, 16))
     with pytest.raises(ValueError, match="block_causal"):
         build_model("gpt-tiny", decoder_attn="full")
+
+
+def test_families_refuse_what_they_cannot_sample_or_train():
+    """The rules as the evaluation grid and the config check ask them, of a class (no model built)."""
+    fmt, gpt = model_class("tiny"), model_class("gpt-tiny")
+    ones = [1] * N
+    assert fmt.refusal("random", [16] * 4, "causal") is None
+    assert "full" in fmt.refusal("random", [32, 32], "causal", decoder_attn="full")
+    assert gpt.refusal("raster", ones, "causal") is None
+    assert "raster" in gpt.refusal("random", ones, "causal") and "raster" in gpt.refusal("raster", [16] * 4, "causal")
+    assert "full" in gpt.refusal("raster", ones, "full")
+    assert gpt.training_refusal("random", "ar") and fmt.training_refusal("random", "random") is None
+    model = build_model("gpt-tiny")
+    assert Sampler("raster", num_steps=4).refusal(model) and Sampler("raster", num_steps=64).refusal(model) is None
+    with pytest.raises(ValueError, match="unknown model 'fmt2'"):
+        model_class("fmt2")
 
 
 @pytest.mark.parametrize("name,paper", [("B", 125e6), ("L", 394e6), ("XL", 893e6)])

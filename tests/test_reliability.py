@@ -16,12 +16,11 @@ import pytest
 import torch
 from conftest import REPO, SMOKE
 
+from sar_lightning.cli import main as cli
 from sar_lightning.config import ConfigError, load_config, run_id
-from sar_lightning.evaluation import evaluate as evaluate_cli
 from sar_lightning.files import UMASK, FileError
 from sar_lightning.runs import RunDir, read_results
 from sar_lightning.sweeps.sweep import expand
-from sar_lightning.training import train as train_cli
 from sar_lightning.training.checkpoints import load_model
 
 FAST = ["train.max_steps=4", "train.val_every=4", "train.ckpt_every=2", "train.val_batches=1",
@@ -50,7 +49,7 @@ def _evil_file(path: Path, marker: Path) -> Path:
 def trained(tmp_path_factory) -> Path:
     """A finished smoke run with step snapshots (kept pristine: tests copy it)."""
     root = tmp_path_factory.mktemp("runs")
-    assert train_cli.main([str(SMOKE), f"root={root}", *FAST]) == 0
+    assert cli(["train", str(SMOKE), f"root={root}", *FAST]) == 0
     return next(p for p in root.iterdir() if (p / "done.json").exists())
 
 
@@ -86,10 +85,10 @@ def test_every_loader_refuses_a_pickle_that_runs_code(run, tmp_path, capsys):
     _evil_file(run / "checkpoints" / "last.ckpt", marker)
     with pytest.raises(FileError, match="last.ckpt"):  # evaluate / sample
         load_model(run)
-    assert evaluate_cli.main([str(run), *EVAL]) == 2
+    assert cli(["evaluate", str(run), *EVAL]) == 2
     _one_line(capsys, "last.ckpt")
     (run / "done.json").unlink()  # resume: train loads last.ckpt
-    assert train_cli.main(_again(run)) == 2
+    assert cli(["train", *_again(run)]) == 2
     _one_line(capsys, "last.ckpt")
 
     from sar_lightning.data.tokenizers import load_vqvae
@@ -134,10 +133,10 @@ def test_a_truncated_last_ckpt_offers_the_newest_intact_snapshot(run, capsys):
     last = run / "checkpoints" / "last.ckpt"
     last.write_bytes(last.read_bytes()[:1000])
     before = _tree(run)
-    assert evaluate_cli.main([str(run), *EVAL]) == 2
+    assert cli(["evaluate", str(run), *EVAL]) == 2
     _one_line(capsys, "last.ckpt", "step000004", "infer.ckpt=step000004")
     (run / "done.json").unlink()
-    assert train_cli.main(_again(run)) == 2
+    assert cli(["train", *_again(run)]) == 2
     _one_line(capsys, "last.ckpt", "cp ")
     assert {p: t for p, t in _tree(run).items() if p.name != "done.json"} == \
         {p: t for p, t in before.items() if p.name != "done.json"}
@@ -148,7 +147,7 @@ def test_a_truncated_last_ckpt_offers_the_newest_intact_snapshot(run, capsys):
 def test_a_bad_config_file_is_one_line(tmp_path, capsys, text, needle):
     bad = tmp_path / "bad.yaml"
     bad.write_text(text)
-    assert train_cli.main([str(bad), f"root={tmp_path / 'runs'}"]) == 2
+    assert cli(["train", str(bad), f"root={tmp_path / 'runs'}"]) == 2
     _one_line(capsys, "bad.yaml", needle)
     assert not (tmp_path / "runs").exists()
 
@@ -161,7 +160,7 @@ def test_a_bad_config_file_is_one_line(tmp_path, capsys, text, needle):
                                            ("infer.ckpt=''", "infer.ckpt"), ("infer.orders=[zigzag]", "infer.orders")])
 def test_every_infer_key_is_validated(run, capsys, override, key):
     before = _tree(run)
-    assert evaluate_cli.main([str(run), *EVAL, override]) == 2
+    assert cli(["evaluate", str(run), *EVAL, override]) == 2
     _one_line(capsys, key)
     assert _tree(run) == before
 
@@ -171,7 +170,7 @@ def test_a_bad_results_line_is_skipped_with_its_number(run, capsys):
     results.write_text('{"fd": 1.0, "num_steps": 4}\n{oops\n')
     rows = read_results(results)
     assert len(rows) == 1 and "line 2" in capsys.readouterr().err
-    assert evaluate_cli.main([str(run), *EVAL]) == 0  # the run stays evaluable; the bad line stays in the file
+    assert cli(["evaluate", str(run), *EVAL]) == 0  # the run stays evaluable; the bad line stays in the file
     assert "{oops" in results.read_text() and len(read_results(results)) == 2
 
 
@@ -185,25 +184,23 @@ def test_exact_duplicate_rows_count_once(tmp_path):
 def test_a_runs_root_that_is_a_file_or_unwritable_is_one_line(tmp_path, capsys, monkeypatch):
     root = tmp_path / "runs"
     root.write_text("not a folder")
-    assert train_cli.main([str(SMOKE), f"root={root}", *FAST]) == 2
+    assert cli(["train", str(SMOKE), f"root={root}", *FAST]) == 2
     _one_line(capsys, "cannot write", "root=")
 
     def read_only(self, *args, **kwargs):  # as root, chmod cannot make a folder read-only: simulate it
         raise PermissionError(errno.EACCES, "Permission denied", str(self))
 
-    from sar_lightning.sweeps import sweep as sweep_cli
-
-    assert sweep_cli.main([str(REPO / "experiments" / "grids" / "orders.yaml"), "--profile", "smoke",
-                           "--root", str(root)]) == 2
+    assert cli(["sweep", str(REPO / "experiments" / "grids" / "orders.yaml"), "sweep.profile=smoke",
+                f"root={root}"]) == 2
     _one_line(capsys, "cannot write", "root=")
 
     monkeypatch.setattr(Path, "mkdir", read_only)
-    assert train_cli.main([str(SMOKE), f"root={tmp_path / 'ro'}", *FAST]) == 2
+    assert cli(["train", str(SMOKE), f"root={tmp_path / 'ro'}", *FAST]) == 2
     _one_line(capsys, "Permission denied", "root=")
 
 
 def test_a_missing_run_folder_is_not_created(tmp_path, capsys):
-    assert evaluate_cli.main([str(tmp_path / "runs" / "nope"), *EVAL]) == 2
+    assert cli(["evaluate", str(tmp_path / "runs" / "nope"), *EVAL]) == 2
     _one_line(capsys, "nope", "not a run folder")
     assert not (tmp_path / "runs").exists()
 
@@ -211,7 +208,7 @@ def test_a_missing_run_folder_is_not_created(tmp_path, capsys):
 def test_done_json_without_a_checkpoint_is_not_done(run, capsys):
     shutil.rmtree(run / "checkpoints")
     assert RunDir(run).status() == "new"
-    assert train_cli.main(_again(run)) == 0
+    assert cli(["train", *_again(run)]) == 0
     assert "training the run again" in capsys.readouterr().out
     assert RunDir(run).status() == "done" and (run / "checkpoints" / "last.ckpt").exists()
 
@@ -232,7 +229,7 @@ def test_files_the_suite_writes_are_readable_by_others(run):
     for name in ("config.yaml", "done.json", "results.jsonl"):
         path = run / name
         if name == "results.jsonl":
-            assert evaluate_cli.main([str(run), *EVAL]) == 0
+            assert cli(["evaluate", str(run), *EVAL]) == 0
         assert path.stat().st_mode & 0o777 == 0o666 & ~UMASK
     if UMASK == 0o022:
         assert (run / "results.jsonl").stat().st_mode & 0o777 == 0o644
@@ -241,9 +238,9 @@ def test_files_the_suite_writes_are_readable_by_others(run):
 # ---- one writer per run -------------------------------------------------------------------------------------------
 
 
-def _cli(module: str, *args: str) -> subprocess.Popen:
+def _cli(command: str, *args: str) -> subprocess.Popen:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    return subprocess.Popen([sys.executable, "-m", f"sar_lightning.{module}", *args], cwd=REPO, env=env,
+    return subprocess.Popen([sys.executable, "-m", "sar_lightning", command, *args], cwd=REPO, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 

@@ -74,7 +74,7 @@ def test_a_stopped_launch_cancels_every_queued_job_and_starts_nothing(tmp_path, 
 def test_run_job_runs_its_steps_as_before(tmp_path, monkeypatch, code):
     # A stand-in interpreter: each step prints its arguments into sweep.log and exits with FAKE_CODE.
     fake = tmp_path / "fake-python"
-    fake.write_text('#!/bin/sh\necho "ran $2 $3"\nexit ${FAKE_CODE:-0}\n')
+    fake.write_text('#!/bin/sh\necho "ran $2 $3 $4"\nexit ${FAKE_CODE:-0}\n')
     fake.chmod(0o755)
     monkeypatch.setattr(sys, "executable", str(fake))
     monkeypatch.setenv("FAKE_CODE", str(code))
@@ -84,18 +84,18 @@ def test_run_job_runs_its_steps_as_before(tmp_path, monkeypatch, code):
     result = run_job(job)
     assert result["status"] == ("trained" if code == 0 else "failed") and result["was"] == "new"
     log = (tmp_path / "run0" / "sweep.log").read_text()
-    assert log.count("ran sar_lightning.training.train") == 1
+    assert log.count("ran sar_lightning train") == 1
     # both evaluations in one process, one after the other
-    assert log.count("ran sar_lightning.evaluation.evaluate") == (1 if code == 0 else 0)
+    assert log.count("ran sar_lightning evaluate") == (1 if code == 0 else 0)
     assert ("infer.num_steps=[4] --and infer.num_steps=[8]" in log) == (code == 0)
 
 
 # A stand-in interpreter for a local sweep's job: "train ... --then-evaluate" writes done.json, then reads its
 # evaluation's thread count from stdin; "evaluate" (a process of its own) only says it ran.
 MERGED = """#!/bin/sh
-echo "ran $2 $3"
+echo "ran $2 $3 $4"
 case "$*" in *--then-evaluate*)
-  run=$(dirname "$3"); [ -n "$FAKE_DDP" ] && exit 0
+  run=$(dirname "$4"); [ -n "$FAKE_DDP" ] && exit 0
   echo '{"global_step": 1}' > "$run/done.json"
   read threads || { echo "no slot given"; exit 0; }
   echo "evaluated in the training process with $threads thread(s)";;
@@ -131,18 +131,18 @@ def test_a_local_job_trains_and_evaluates_in_one_process(tmp_path, monkeypatch, 
                             (children.request_stop(signal.SIGTERM), real(key, stopping))[1])
     result = run_job(job, children=children, cores=CoreShare(2, 2, 1), slots=slots)
     log = (tmp_path / "run0" / "sweep.log").read_text()
-    assert log.count("ran sar_lightning.training.train") == 1 and "--then-evaluate infer.num_steps=[4] --and" in log
+    assert log.count("ran sar_lightning train") == 1 and "--then-evaluate infer.num_steps=[4] --and" in log
     assert slots.free == 2  # every slot given back
     if how == "merged":
         assert result["status"] == "trained"
         assert "evaluated in the training process with 2 thread(s)" in log  # the last job: both cores
-        assert "ran sar_lightning.evaluation.evaluate" not in log
+        assert "ran sar_lightning evaluate" not in log
     elif how == "several devices":
         assert result["status"] == "trained"
-        assert log.count("ran sar_lightning.evaluation.evaluate") == 1
+        assert log.count("ran sar_lightning evaluate") == 1
     else:
         assert result["status"] == "stopped" and "no slot given" in log
-        assert "ran sar_lightning.evaluation.evaluate" not in log
+        assert "ran sar_lightning evaluate" not in log
         assert "the sweep was interrupted by SIGTERM" in log
 
 
@@ -189,10 +189,10 @@ def sweeps(request, tmp_path_factory):
     for sig in wanted or SIGNALS:
         folder = tmp_path_factory.mktemp(sig.name)
         root = folder / "runs"
-        # --jobs 2 for one run: each job gets cpu_count // jobs = 1 thread on a 2-core machine (the threads=1
+        # sweep.jobs=2 for one run: each job gets cpu_count // jobs = 1 thread on a 2-core machine (the threads=1
         # override alone does not reach the subprocesses: run_job passes threads= after it).
-        cmd = [sys.executable, "-m", "sar_lightning.sweeps.sweep", str(_grid(folder)), "--profile", "smoke",
-               "--jobs", "2", "--root", str(root), "threads=1"]
+        cmd = [sys.executable, "-m", "sar_lightning", "sweep", str(_grid(folder)), "sweep.profile=smoke",
+               "sweep.jobs=2", f"root={root}", "threads=1"]
         with open(folder / "out.txt", "w") as out, open(folder / "err.txt", "w") as err:
             started[sig] = (subprocess.Popen(cmd, cwd=REPO, env=env, stdout=out, stderr=err,
                                              start_new_session=True), root, folder)

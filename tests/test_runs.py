@@ -1,5 +1,5 @@
-"""The run folder (sar_lightning.runs): status, results read / append and the migration of renamed names,
-old configs keeping their run ids, the model contract's refusals, and the sweep's progress display."""
+"""The run folder (sar_lightning.runs): status, the result schema, results read / append and the migration of
+renamed names, old configs keeping their run ids, and the sweep's progress display."""
 
 from __future__ import annotations
 
@@ -10,12 +10,20 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-import torch
 
 from sar_lightning.config import load_config, run_id, to_yaml
-from sar_lightning.core.sampling import Sampler, generate
-from sar_lightning.models.registry import build_model, model_class
-from sar_lightning.runs import RunDir, append_results, read_results, setting_id
+from sar_lightning.runs import (
+    RENAMED_COLUMNS,
+    RESULT_COLUMNS,
+    RESULT_SCHEMA_VERSION,
+    SETTING_KEYS,
+    RunDir,
+    append_results,
+    migrate_row,
+    read_results,
+    result_row,
+    setting_id,
+)
 from sar_lightning.sweeps.progress import SweepProgress
 
 SMOKE = Path(__file__).resolve().parents[1] / "experiments" / "smoke.yaml"
@@ -55,19 +63,21 @@ def test_an_old_config_with_num_sets_loads_and_keeps_its_run_id(tmp_path):
     assert old.train.num_steps == 8 and run_id(old) == run_id(new)
 
 
-def test_families_refuse_what_they_cannot_sample():
-    fmt, gpt = model_class("tiny"), model_class("gpt-tiny")
-    ones = [1] * 64
-    assert fmt.refusal("random", [16] * 4, "causal") is None
-    assert "full" in fmt.refusal("random", [32, 32], "causal", decoder_attn="full")
-    assert gpt.refusal("raster", ones, "causal") is None
-    assert "raster" in gpt.refusal("random", ones, "causal") and "raster" in gpt.refusal("raster", [16] * 4, "causal")
-    assert "full" in gpt.refusal("raster", ones, "full")
-    assert gpt.training_refusal("random", "ar") and fmt.training_refusal("random", "random") is None
-    model = build_model("gpt-tiny").eval()
-    with pytest.raises(ValueError, match="raster"):
-        generate(model, torch.tensor([1]), order="raster", intervals=[16] * 4)
-    assert Sampler("raster", num_steps=4).refusal(model) and Sampler("raster", num_steps=64).refusal(model) is None
+def test_a_result_row_has_every_column_of_the_schema_in_its_order():
+    assert len(set(RESULT_COLUMNS)) == len(RESULT_COLUMNS) and set(SETTING_KEYS) <= set(RESULT_COLUMNS)
+    values = {c: i for i, c in enumerate(reversed(RESULT_COLUMNS))}
+    row = result_row(**values)
+    assert list(row) == list(RESULT_COLUMNS) and row == values
+    with pytest.raises(ValueError, match="missing columns \\['fd'\\]"):
+        result_row(**{c: v for c, v in values.items() if c != "fd"})
+    with pytest.raises(ValueError, match="unknown columns \\['fid'\\]"):
+        result_row(**values, fid=1.0)
+
+
+def test_an_old_row_migrates_to_the_schema_of_today():
+    assert RESULT_SCHEMA_VERSION == 2 and set(RENAMED_COLUMNS.values()) <= set(RESULT_COLUMNS)
+    old = {old: i for i, old in enumerate(RENAMED_COLUMNS)}
+    assert migrate_row(dict(old)) == {new: old[o] for o, new in RENAMED_COLUMNS.items()}
 
 
 def test_progress_prints_a_line_per_event_with_counts_and_time_left(tmp_path):

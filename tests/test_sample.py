@@ -9,6 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
+from sar_lightning.cli import main as cli
 from sar_lightning.config import load_config
 from sar_lightning.core.sampling import Sampler, generate
 from sar_lightning.data.codes import decoder_for
@@ -17,7 +18,6 @@ from sar_lightning.evaluation import sample
 from sar_lightning.images import image_grid
 from sar_lightning.training.callbacks import sample_grid
 from sar_lightning.training.checkpoints import load_model
-from sar_lightning.training.train import main as train_main
 
 REPO = Path(__file__).resolve().parents[1]
 SMOKE = str(REPO / "experiments" / "smoke.yaml")
@@ -30,10 +30,10 @@ def runs(tmp_path_factory) -> dict[str, Path]:
     """A tiny FMT run (random-16-random, 4 steps) and a GPT-baseline run (2 steps), trained once."""
     root = tmp_path_factory.mktemp("runs")
     steps = ["train.max_steps=4", "train.val_every=4", "train.ckpt_every=4"]
-    assert train_main([SMOKE, f"root={root}", *steps, *FAST]) == 0
+    assert cli(["train", SMOKE, f"root={root}", *steps, *FAST]) == 0
     gpt = ["model.name=gpt-tiny", "train.order=raster", "train.schedule=ar", "train.max_steps=2",
            "train.val_every=2", "train.ckpt_every=2"]
-    assert train_main([SMOKE, f"root={root}", *gpt, *FAST]) == 0
+    assert cli(["train", SMOKE, f"root={root}", *gpt, *FAST]) == 0
     return {p.name.split("_")[1]: p for p in root.iterdir()}  # {"tiny": ..., "gpt-tiny": ...}
 
 
@@ -49,16 +49,16 @@ def png(path: Path) -> np.ndarray:
 
 
 def test_grid_png_has_a_column_per_class_and_is_reproducible(runs, capsys):
-    args = [str(runs["tiny"]), "--steps", "4", "--classes", "0,3,7", "--per-class", "2"]
-    assert sample.main(args) == 0
+    args = ["sample", str(runs["tiny"]), "infer.num_steps=4", "sample.classes=[0,3,7]", "sample.per_class=2"]
+    assert cli(args) == 0
     default = runs["tiny"] / "samples" / "sample_random_K4.png"
     assert capsys.readouterr().out.strip().splitlines()[-1] == str(default)
     assert png(default).shape[:2] == (2 * CELL + 2, 3 * CELL + 2)  # rows x columns of upscaled cells
     again = default.with_name("again.png")
-    assert sample.main([*args, "--out", str(again)]) == 0
+    assert cli([*args, f"sample.out={again}"]) == 0
     assert again.read_bytes() == default.read_bytes()  # same arguments and seed: the same PNG
     other = default.with_name("other.png")
-    assert sample.main([*args, "--seed", "1", "--out", str(other)]) == 0
+    assert cli([*args, "infer.seed=1", f"sample.out={other}"]) == 0
     assert not np.array_equal(png(other), png(default))
 
 
@@ -109,26 +109,33 @@ def test_progress_ends_on_the_sample_and_starts_grey(loaded, runs):
     counts = filled.sum(-1)
     assert bool((counts[:, 1:] > counts[:, :-1]).all())  # every step fills cells
     out = runs["tiny"] / "progress.png"
-    assert sample.main([str(runs["tiny"]), "--steps", "4", "--progress", "--classes", "0,3", "--out", str(out)]) == 0
+    assert cli(["sample", str(runs["tiny"]), "infer.num_steps=4", "sample.progress=true", "sample.classes=0,3",
+                f"sample.out={out}"]) == 0
     assert png(out).shape[:2] == (2 * CELL + 2, 4 * CELL + 2)  # a row per class, a column per step
 
 
 @pytest.mark.parametrize("args, needle", [
-    (["--steps", "0"], "--steps 0 must lie in 1..64"),
-    (["--steps", "65"], "1..64"),
-    (["--inpaint", "--steps", "40"], "1..32"),
-    (["--order", "zigzag"], "unknown order"),
-    (["--classes", "0,12"], "--classes"),
-    (["--classes", "three"], "--classes"),
-    (["--ckpt", "step999999"], "no checkpoint"),
-    (["--inpaint", "middle"], "invalid choice"),
+    (["infer.num_steps=0"], "infer.num_steps=0 must lie in 1..64"),
+    (["infer.num_steps=65"], "1..64"),
+    (["sample.inpaint=top", "infer.num_steps=40"], "1..32"),
+    (["infer.num_steps=[4,8]"], "sample draws one setting"),
+    (["infer.orders=zigzag"], "unknown order"),
+    (["infer.orders=[raster,random]"], "infer.orders"),
+    (["infer.schedule=fancy"], "infer.schedule"),
+    (["sample.classes=0,12"], "sample.classes"),
+    (["sample.classes=three"], "sample.classes"),
+    (["infer.ckpt=step999999"], "no checkpoint"),
+    (["sample.inpaint=middle"], "sample.inpaint"),
+    (["sample.per_class=0"], "sample.per_class"),
+    (["--steps", "4"], "expected key=value"),
+    (["infer.num_samples=4"], "unknown key 'infer.num_samples'"),
     ("missing", "no run folder"),
     ("gpt", "refuses"),
 ])
 def test_bad_input_is_one_line_and_exit_2(runs, tmp_path, capsys, args, needle):
     run = runs["gpt-tiny"] if args == "gpt" else tmp_path / "nothing" if args == "missing" else runs["tiny"]
-    args = ["--steps", "4"] if isinstance(args, str) else args
-    assert sample.main([str(run), *args, "--out", str(tmp_path / "x.png")]) == 2
+    args = ["infer.num_steps=4"] if isinstance(args, str) else args
+    assert cli(["sample", str(run), *args, f"sample.out={tmp_path / 'x.png'}"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("sample error:") and needle in err[0], err
     assert not (tmp_path / "x.png").exists()

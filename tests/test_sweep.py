@@ -14,10 +14,10 @@ from pathlib import Path
 import pytest
 from conftest import REPO
 
+from sar_lightning.cli import main as cli
 from sar_lightning.config import ConfigError
-from sar_lightning.evaluation.evaluate import main as evaluate_main
 from sar_lightning.runs import read_results
-from sar_lightning.sweeps.sweep import Job, Manifest, expand, load_grid, main, sweep
+from sar_lightning.sweeps.sweep import Job, Manifest, expand, load_grid, sweep
 
 GRIDS = sorted((REPO / "experiments" / "grids").glob("*.yaml"))
 GRIDS = [g for g in GRIDS if g.name != "profiles.yaml"]
@@ -52,9 +52,9 @@ def test_only_picks_runs_by_label_with_the_run_ids_of_the_whole_grid(tmp_path, c
     _, whole = expand(grid, "smoke", root=str(tmp_path / "a"))
     _, part = expand(grid, "smoke", root=str(tmp_path / "b"), only=["SAR-TS"])
     assert [j.label for j in part] == ["SAR-TS"] and part[0].run_id == whole[1].run_id
-    assert main([str(grid), "--profile", "smoke", "--root", str(tmp_path / "c"), "--only", "AR,GPT"]) == 2
+    assert cli(["sweep", str(grid), "sweep.profile=smoke", f"root={tmp_path / 'c'}", "sweep.only=AR,GPT"]) == 2
     err = capsys.readouterr().err
-    assert "--only" in err and "'GPT'" in err and "valid labels: AR, SAR-TS" in err and len(err.splitlines()) == 1
+    assert "sweep.only" in err and "'GPT'" in err and "valid labels: AR, SAR-TS" in err and len(err.splitlines()) == 1
     assert not (tmp_path / "c").exists()  # nothing written
 
 
@@ -71,7 +71,8 @@ def test_extra_evals_only_when_asked(tmp_path, monkeypatch):
 
     seen = []
     monkeypatch.setattr(sweep_module, "sweep", lambda *a: seen.append(a[-1]) or [])
-    assert main([str(grid), "--profile", "smoke", "--extra-evals"]) == 0 and main([str(grid)]) == 0
+    assert cli(["sweep", str(grid), "sweep.profile=smoke", "sweep.extra_evals=true"]) == 0
+    assert cli(["sweep", str(grid)]) == 0
     assert seen == [True, False]
 
 
@@ -121,12 +122,12 @@ def test_smoke_sweep_with_two_seeds_end_to_end_then_rerun_trains_nothing(tmp_pat
     run0 = root / results[0]["run_id"]
     log = (run0 / "sweep.log").read_text()
     assert log.count("--then-evaluate") == 1 and "evaluating in the training process" in log
-    assert "-m sar_lightning.evaluation.evaluate" not in log
+    assert "-m sar_lightning evaluate" not in log
     alone = tmp_path / "alone" / run0.name
     shutil.copytree(run0, alone, ignore=shutil.ignore_patterns("results.jsonl"))
     _, jobs = expand(grid, "smoke", root=str(root), seeds=[0, 1])
     assert [(j.status, j.evaluation_left) for j in jobs] == [("done", False)] * 2
-    assert evaluate_main([str(alone), "threads=1", *jobs[0].evals[0]]) == 0
+    assert cli(["evaluate", str(alone), "threads=1", *jobs[0].evals[0]]) == 0
     separate = read_results(alone / "results.jsonl")
     assert [(r["num_steps"], r["fd"], r["fd_lo"], r["fd_hi"]) for r in separate] == \
         [(r["num_steps"], r["fd"], r["fd_lo"], r["fd_hi"]) for r in rows[0]]
@@ -187,7 +188,7 @@ def test_a_failed_run_is_reported_and_the_others_finish(tmp_path, capsys, tiny_c
     runs = TWO_RUNS + (f"  - {{label: broken, overrides: {{data.name: codes, data.path: {codes}, "
                        "train.sample_steps: [4], infer.num_steps: [4]}}\n")
     grid = _grid(tmp_path, runs, name="three", evals="  - {infer.orders: [], infer.num_steps: [4]}\n")
-    assert main([str(grid), "--profile", "smoke", "--jobs", "2", "--root", str(tmp_path / "runs")]) == 1
+    assert cli(["sweep", str(grid), "sweep.profile=smoke", "sweep.jobs=2", f"root={tmp_path / 'runs'}"]) == 1
     out = capsys.readouterr().out
     assert "FAILED broken" in out and "sweep.log" in out and "2 trained, 1 failed" in out
     log = next((tmp_path / "runs").glob("random-16-random_tiny_broken_*/sweep.log"))
@@ -203,8 +204,8 @@ def test_an_interrupted_sweep_resumes(tmp_path):
             "  - {label: SAR-TS, overrides: {train.order: random, train.schedule: random, train.num_steps: 4, "
             "train.max_steps: 200, train.ckpt_every: 10, train.val_every: 100}}\n")
     grid, root = _grid(tmp_path, runs), tmp_path / "runs"
-    cmd = [sys.executable, "-m", "sar_lightning.sweeps.sweep", str(grid), "--profile", "smoke", "--jobs", "2",
-           "--root", str(root)]
+    cmd = [sys.executable, "-m", "sar_lightning", "sweep", str(grid), "sweep.profile=smoke", "sweep.jobs=2",
+           f"root={root}"]
     proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             start_new_session=True)
     deadline = time.time() + 600

@@ -12,10 +12,11 @@ from conftest import REPO
 from PIL import Image
 
 import sar_lightning.data.tokenize as tz
+from sar_lightning.cli import main as cli
 from sar_lightning.config import ConfigError
 from sar_lightning.data.codes import load_codes_split, read_manifest, tokenizer_from_manifest
 from sar_lightning.data.datasets import load_images
-from sar_lightning.data.tokenize import main, tokenize
+from sar_lightning.data.tokenize import tokenize
 from sar_lightning.data.tokenizers import VQVAE, PixelQuantizer, VQVAEConfig, save_vqvae
 from sar_lightning.sweeps.sweep import expand
 
@@ -41,12 +42,11 @@ def test_digits_pixel_codes_equal_the_quantizer_and_a_rerun_skips(tmp_path, caps
     assert not (tmp_path / "digits_pixel.partial").exists()
     assert isinstance(tokenizer_from_manifest(m), PixelQuantizer)
     stamp = (out / "train_codes.npy").stat().st_mtime_ns
-    assert main(["--data", "digits", "--tokenizer", "pixel", "--out", str(out), "--chunk-size", "256",
-                 "--no-progress"]) == 0
+    assert cli(["tokenize", "data=digits", "tokenizer=pixel", f"out={out}", "chunk_size=256", "no_progress=true"]) == 0
     assert "skipping" in capsys.readouterr().out and (out / "train_codes.npy").stat().st_mtime_ns == stamp
     # Other codes at the same place are refused, not overwritten.
-    assert main(["--data", "digits", "--tokenizer", "pixel", "--levels", "5", "--out", str(out)]) == 2
-    assert "--overwrite" in capsys.readouterr().err
+    assert cli(["tokenize", "data=digits", "tokenizer=pixel", "levels=5", f"out={out}"]) == 2
+    assert "overwrite=true" in capsys.readouterr().err
 
 
 def test_an_interrupted_extraction_leaves_no_folder_and_resumes(tmp_path, monkeypatch, capsys):
@@ -145,19 +145,17 @@ def test_fashion_overlay_moves_the_grids_onto_the_codes(tmp_path, tiny_codes):
 def test_fashion_mnist_vq_tokenize_train_evaluate(tmp_path):
     """Train a small VQ-VAE on a Fashion-MNIST subset, extract codes of a subset, then one run of the
     orders grid under the fashion_mnist smoke overlay, trained and evaluated (classifier features)."""
-    from sar_lightning.data.tokenizers.train_vq import main as train_vq_main
     from sar_lightning.evaluation.evaluate import evaluate
     from sar_lightning.training.train import train
 
     vq_dir = tmp_path / "vq"
-    assert train_vq_main(["--data", "fashion_mnist", "--out", str(vq_dir), "--grid", "7", "--codebook-size", "64",
-                          "--hidden", "16", "--max-steps", "30", "--batch-size", "64", "--limit", "1000",
-                          "--threads", "1"]) == 0
+    assert cli(["train-vq", "data=fashion_mnist", f"out={vq_dir}", "grid=7", "codebook_size=64", "hidden=16",
+                "max_steps=30", "batch_size=64", "limit=1000", "threads=1"]) == 0
     metrics = json.loads((vq_dir / "metrics.json").read_text())
     assert metrics["val_recon_mse"] < metrics["val_recon_mse_init"] and metrics["val_usage"] > 0.1
     codes = tmp_path / "fashion_mnist_vq7"
-    assert main(["--data", "fashion_mnist", "--tokenizer", f"vqvae:{vq_dir / 'vqvae.pt'}", "--out", str(codes),
-                 "--limit", "500", "--threads", "1", "--no-progress"]) == 0
+    assert cli(["tokenize", "data=fashion_mnist", f"tokenizer=vqvae:{vq_dir / 'vqvae.pt'}", f"out={codes}",
+                "limit=500", "threads=1", "no_progress=true"]) == 0
     m = read_manifest(codes)
     assert (m["height"], m["width"], m["vocab_size"], m["dataset"]) == (7, 7, 64, "fashion_mnist")
 

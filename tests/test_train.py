@@ -19,9 +19,10 @@ from conftest import REPO, SMOKE
 from lightning.pytorch.callbacks import EMAWeightAveraging
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from sar_lightning.cli import main as cli
 from sar_lightning.config import ConfigError, load_config, run_id
 from sar_lightning.training.callbacks import EMA
-from sar_lightning.training.train import main, train
+from sar_lightning.training.train import train
 
 FAST = ["train.max_steps=8", "train.log_every=2", "train.val_every=4", "train.ckpt_every=4", "train.val_batches=1",
         "train.sample_steps=[1,64]", "trainer.enable_progress_bar=false"]
@@ -65,7 +66,7 @@ def test_bad_config_is_rejected_with_the_key(override, needle):
 
 
 def test_cli_reports_config_errors_before_work(tmp_path, capsys):
-    assert main([str(SMOKE), f"root={tmp_path}", "train.order=zigzag"]) == 2
+    assert cli(["train", str(SMOKE), f"root={tmp_path}", "train.order=zigzag"]) == 2
     assert "valid orders" in capsys.readouterr().err
     assert not any(tmp_path.iterdir())
 
@@ -121,7 +122,7 @@ def test_codes_dataset_trains(tmp_path, tiny_codes):
 
 
 def _train_cmd(root: Path, *extra: str) -> list[str]:
-    return [sys.executable, "-m", "sar_lightning.training.train", str(SMOKE), f"root={root}", "threads=1",
+    return [sys.executable, "-m", "sar_lightning", "train", str(SMOKE), f"root={root}", "threads=1",
             "trainer.enable_progress_bar=false", *extra]
 
 

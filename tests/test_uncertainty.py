@@ -9,9 +9,10 @@ import pytest
 import torch
 
 from sar_lightning.analysis.table import aggregate, prepare, seed_interval
+from sar_lightning.cli import main as cli
 from sar_lightning.config import ConfigError
 from sar_lightning.evaluation.metrics import _sqrt_psd, fd_bootstrap, metrics_from_features
-from sar_lightning.sweeps.sweep import expand, main, parse_seeds
+from sar_lightning.sweeps.sweep import expand, parse_seeds
 
 D = 64
 
@@ -112,8 +113,8 @@ def test_sweep_replicates_every_run_per_seed(tmp_path):
 def test_bad_seeds_are_one_line_and_exit_2(text, tmp_path, capsys):
     with pytest.raises(ConfigError, match="seeds"):
         parse_seeds(text)
-    assert main(["experiments/grids/orders.yaml", "--profile", "smoke", "--seeds", text,
-                 "--root", str(tmp_path)]) == 2
+    assert cli(["sweep", "experiments/grids/orders.yaml", "sweep.profile=smoke", f"sweep.seeds={text}",
+                f"root={tmp_path}"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "seeds" in err[0]
     assert not list(tmp_path.glob("*/config.yaml"))  # nothing written

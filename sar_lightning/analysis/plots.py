@@ -2,6 +2,7 @@
 
     python analysis/plot_tradeoffs.py [--root runs] [--table analysis/results.parquet] [--grid NAME]
                                       [--out analysis/figures]
+    python -m sar_lightning plots [root=runs] [table=...] [grid=NAME] [out=analysis/figures]   (the same)
 
 Writes PNG + PDF per figure and ``summary.md`` (file names prefixed ``<grid>_`` when one is chosen):
 - ``fd_vs_steps``: FD against inference steps, one line per training configuration (own order, CFG scale 1);
@@ -18,9 +19,9 @@ a table without either (one seed, no ``fd_lo``/``fd_hi``) draws bare points, as 
 
 from __future__ import annotations
 
-import argparse
 import sys
 import textwrap
+from dataclasses import dataclass
 from pathlib import Path
 
 import matplotlib
@@ -357,13 +358,18 @@ def summary_table(df: pd.DataFrame, question: str | None) -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--root", default="runs", help="run folders and sweeps/ manifests (default: runs)")
-    p.add_argument("--table", default=None, help="a .parquet/.csv from analysis/collect.py (default: collect --root)")
-    p.add_argument("--grid", default=None, help="only the runs of this sweep grid; file names get a <grid>_ prefix")
-    p.add_argument("--out", default="analysis/figures")
-    args = p.parse_args(argv)
+@dataclass
+class PlotArgs:
+    """``python -m sar_lightning plots`` keys (``analysis/plot_tradeoffs.py``: the same as ``--flags``)."""
+
+    root: str = "runs"  # run folders and sweeps/ manifests
+    table: str | None = None  # a .parquet/.csv from collect (default: collect root)
+    grid: str | None = None  # only the runs of this sweep grid; file names get a <grid>_ prefix
+    out: str = "analysis/figures"  # the figures and summary.md
+
+
+def plots_command(args: PlotArgs) -> int:
+    """Draw every figure the table supports into ``args.out``; 1 when there is nothing to draw."""
     try:
         df = load_table(args.table or args.root)
     except (FileNotFoundError, OSError, ValueError) as e:
@@ -404,6 +410,3 @@ def main(argv: list[str] | None = None) -> int:
           f"{prefix}summary.md")
     return 0
 
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -6,8 +6,9 @@ A :class:`Sel` names a trained model by its training columns (``train_order``, `
 id, ``decoder_attn``, ``first_set_loss``, a ``gpt-*`` model) within its grid, never by free-text labels; a
 :class:`Ctx` holds one data set (feature extractor), each judged on its own (:func:`contexts`). :func:`pick` turns a
 model and a sampler setting
-into a :class:`~sar_lightning.analysis.verdicts.Side`, :func:`compare` judges a claim about two
-sides and attaches their paired difference.
+into a :class:`~sar_lightning.analysis.verdicts.Side` (with each training seed's value of the metric, and of the
+held-out NLL where the table has it), :func:`compare` states a claim about two sides and runs its paired test
+(``verdicts.settle`` gives the verdicts, a finding's comparisons together).
 """
 
 from __future__ import annotations
@@ -17,7 +18,9 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from sar_lightning.analysis.verdicts import Comparison, Side, judge
+from sar_lightning.analysis.table import POINT, seed_interval
+from sar_lightning.analysis.verdicts import EFFECT, NLL, Comparison, Side, run_tests, side_from_values
+from sar_lightning.core.sampling import inference_attn
 
 # ---- picking rows ---------------------------------------------------------------------------------------------------
 
@@ -89,7 +92,7 @@ def pick(ctx: Ctx, sel: Sel, k: int | str | None, order: str | tuple | None = No
     ``kv`` (None: cached when there is a cached row). Several recipes: the one with the most seeds."""
     value = "fd_mean" if metric == "fd" else metric
     orders = (order,) if isinstance(order, str) else order or (sel.train_order,)
-    attn = "full" if sel.decoder_attn == "full" else attn
+    attn = inference_attn(sel.decoder_attn, attn)
     rows = [r for r in ctx.model(sel) if r["infer_order"] in orders and r.get("attn", "causal") == attn
             and not pd.isna(r.get(value)) and (kv is None or bool(r.get("kv_cache")) == kv)
             and (not isinstance(k, int) or r["num_steps"] == k)]
@@ -102,17 +105,24 @@ def pick(ctx: Ctx, sel: Sel, k: int | str | None, order: str | tuple | None = No
     recipes = len({r.get("recipe") for r in rows})
     note = f"{recipes} recipes match; took the one with most seeds" if recipes > 1 else ""
     name = (name or sel.name) + (f" (K={int(row['num_steps'])})" if k == "best" else "")
+    values = seed_values(ctx, row, metric)
     if metric == "fd":
         mean = float(row["fd_mean"])
         lo, hi = float(row.get("fd_lo", mean)), float(row.get("fd_hi", mean))
-        return Side(name, mean, lo, hi, int(row["n_seeds"]), str(row.get("interval", "none")), row, note)
-    return Side(name, *seed_spread(ctx, row, metric), row, note)
+        return Side(name, mean, lo, hi, int(row["n_seeds"]), str(row.get("interval", "none")), row, note, values)
+    return Side(name, *seed_spread(ctx, row, metric), row, note, values)
+
+
+def seed_values(ctx: Ctx, row: dict, metric: str) -> dict[str, dict[int, float]]:
+    """metric -> {training seed: value} of the aggregated ``row``'s runs: ``metric`` and, beside a distance,
+    the held-out NLL where the per-run table has it."""
+    metrics = [metric] + ([NLL] if metric == "fd" and ctx.runs is not None and NLL in ctx.runs else [])
+    out = {m: {int(s): float(v) for s, v in per_seed(ctx, row, m).items()} for m in metrics}
+    return {m: v for m, v in out.items() if v}
 
 
 def per_seed(ctx: Ctx, row: dict, metric: str) -> pd.Series:
     """``metric`` of each training seed's run at the setting of the aggregated ``row`` (index: train_seed)."""
-    from sar_lightning.analysis.table import POINT
-
     if ctx.runs is None or ctx.runs.empty or "train_seed" not in ctx.runs or metric not in ctx.runs:
         return pd.Series(dtype=float)
     if "by_recipe" not in ctx.cache:  # each recipe's runs and their setting keys, split once per data set
@@ -133,8 +143,6 @@ def per_seed(ctx: Ctx, row: dict, metric: str) -> pd.Series:
 def seed_spread(ctx: Ctx, row: dict, metric: str) -> tuple[float, float, float, int, str]:
     """(mean, lo, hi, seeds, interval) of a metric that ``table.aggregate`` only averages (seconds per image):
     the 95% t interval across the seeds' runs, or the row's mean alone."""
-    from sar_lightning.analysis.table import seed_interval
-
     x = per_seed(ctx, row, metric)
     if len(x) >= 2:
         mean, _, lo, hi = seed_interval(x)
@@ -143,44 +151,33 @@ def seed_spread(ctx: Ctx, row: dict, metric: str) -> tuple[float, float, float, 
     return mean, mean, mean, int(row["n_seeds"]), "none"
 
 
-def mean_side(name: str, sides: list[Side]) -> Side:
-    """The mean of several rows: means, lower ends and upper ends each averaged (no paired difference)."""
-    ran = [s for s in sides if s.ran]
+def mean_side(name: str, sides: list[Side], metric: str = "fd") -> Side:
+    """Several rows as one side: per training seed the geometric mean of the rows' values (the seeds every row
+    has), so that its log is the mean of the rows' logs and a log ratio against it is the mean of the log
+    ratios against each row."""
+    ran = [s for s in sides if s.ran and s.values.get(metric)]
     if not ran:
         return Side(name)
-    return Side(f"{name} ({len(ran)} orders)", float(np.mean([s.mean for s in ran])),
-                float(np.mean([s.lo for s in ran])), float(np.mean([s.hi for s in ran])),
-                min(s.n_seeds for s in ran), "bootstrap" if all(s.interval == "bootstrap" for s in ran) else "mean")
+    values = {}
+    for m in dict.fromkeys(m for s in ran for m in s.values):
+        seeds = sorted(set.intersection(*(set(s.values.get(m, {})) for s in ran)))
+        if seeds and all(s.values[m][x] > 0 for s in ran for x in seeds):
+            values[m] = {x: float(np.exp(np.mean([np.log(s.values[m][x]) for s in ran]))) for x in seeds}
+    return side_from_values(f"{name} (geometric mean of {len(ran)} orders)", values, metric)
 
 
-def paired(ctx: Ctx, a: Side, b: Side, metric: str = "fd") -> tuple[float, float, float, int] | None:
-    """Mean and 95% t interval of A - B over the training seeds both rows have (None below 2 pairs)."""
-    from sar_lightning.analysis.table import seed_interval
-
-    if a.row is None or b.row is None:
-        return None
-    diff = (per_seed(ctx, a.row, metric) - per_seed(ctx, b.row, metric)).dropna()
-    if len(diff) < 2:
-        return None
-    mean, _, lo, hi = seed_interval(diff)
-    return float(mean), float(lo), float(hi), len(diff)
+def steps_text(a: Side, b: Side | None) -> str:
+    """The step counts K of A and B, as "64" when equal, else "64 vs 16"; "" when unknown."""
+    ks = [str(int(s.row["num_steps"])) for s in (a, b) if s is not None and s.row is not None]
+    return "" if not ks else ks[0] if len(set(ks)) == 1 else " vs ".join(ks)
 
 
-def compare(ctx: Ctx, name: str, claim: str, a: Side, b: Side | None = None, tol: float = 0.0,
-            metric: str = "fd") -> Comparison:
-    """Judge one claim and attach the paired difference where the seeds allow it."""
-    c = Comparison(name, claim, a, b, tol, metric)
-    c.verdict, c.reason = judge(claim, a, b, tol)
-    if b is not None and c.verdict != "not run":
-        c.paired = paired(ctx, a, b, metric)
-        if metric != "fd" and a.mean > 0:
-            c.reason += f"; B / A = {b.mean / a.mean:.1f}x"  # the speed-up
-    return c
-
-
-def info(name: str, text: str, a: Side | None = None) -> Comparison:
-    """A row of information (no verdict), e.g. the best training K."""
-    return Comparison(name, "info", a or Side(name), reason=text, verdict="")
+def compare(ctx: Ctx, name: str, claim: str, a: Side, b: Side | None = None, margin: float = 0.0,
+            metric: str = "fd", primary: bool = False, effect: float = EFFECT, k: str | None = None) -> Comparison:
+    """State one claim about A and B (margin and effect fixed by the finding's definition) and run its paired
+    test; ``k``: the step counts, when the sides' rows do not say them (a mean of rows)."""
+    c = Comparison(name, claim, a, b, margin, metric, k if k is not None else steps_text(a, b), primary, effect)
+    return run_tests(c)
 
 
 def orders_sampled(ctx: Ctx, sel: Sel, k: int | None) -> list[str]:

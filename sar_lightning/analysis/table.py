@@ -1,6 +1,6 @@
 """The results table: every run's ``results.jsonl`` in one pandas frame (Parquet and CSV).
 
-    python analysis/collect.py [--root runs] [--out analysis/results]
+    python -m sar_lightning collect [root=runs] [out=analysis/results]   (or: python analysis/collect.py --root ...)
 
 One row per (run, checkpoint, sampler setting), as the evaluate command wrote it, plus what the run's
 ``config.yaml`` and the sweep manifests (``<root>/sweeps/<grid>-<profile>.json``) add: the run's label,
@@ -17,10 +17,10 @@ latest checkpoint, one row per setting, a ``line`` name per configuration; :func
 
 from __future__ import annotations
 
-import argparse
 import json
 import re
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -299,11 +299,16 @@ def no_results_message(root: str | Path) -> str:
             "(e.g. make sweep-orders)")
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--root", default="runs", help="the folder holding the run folders (default: runs)")
-    p.add_argument("--out", default="analysis/results", help="writes <out>.parquet and <out>.csv")
-    args = p.parse_args(argv)
+@dataclass
+class CollectArgs:
+    """``python -m sar_lightning collect`` keys (``analysis/collect.py``: the same as ``--flags``)."""
+
+    root: str = "runs"  # the folder holding the run folders
+    out: str = "analysis/results"  # writes <out>.parquet and <out>.csv (and <out>_seeds.*)
+
+
+def collect_command(args: CollectArgs) -> int:
+    """Write the table and its seed aggregate; 1 when there are no results."""
     df = collect(args.root)
     if df.empty:
         print(no_results_message(args.root), file=sys.stderr)
@@ -316,6 +321,3 @@ def main(argv: list[str] | None = None) -> int:
     print(f"[collect] {len(agg)} points ({int((agg['n_seeds'] > 1).sum())} with 2+ seeds) -> {parquet}, {csv}")
     return 0
 
-
-if __name__ == "__main__":
-    sys.exit(main())

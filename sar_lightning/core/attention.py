@@ -18,6 +18,9 @@ and with sets of size one it is plain causal. ``attend`` then uses, in order of 
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 
 import torch
@@ -29,7 +32,24 @@ _flex = None  # torch.compile(flex_attention), built on first CUDA use
 # auto: as described above; dense: always the boolean mask (the reference); flex: FlexAttention for every
 # set mask that has no mask-free form, on any device (CPU runs its eager reference implementation).
 KERNELS = ("auto", "dense", "flex")
-kernel = "auto"
+_kernel: ContextVar[str] = ContextVar("attention_kernel", default="auto")
+
+
+@contextmanager
+def attention_kernel(name: str) -> Iterator[None]:
+    """Within the block, ``attend`` uses kernel ``name`` (one of ``KERNELS``); the previous one afterwards."""
+    if name not in KERNELS:
+        raise ValueError(f"unknown attention kernel {name!r}; valid: {', '.join(KERNELS)}")
+    token = _kernel.set(name)
+    try:
+        yield
+    finally:
+        _kernel.reset(token)
+
+
+def current_kernel() -> str:
+    """The kernel ``attend`` uses here: ``auto`` outside any ``attention_kernel`` block."""
+    return _kernel.get()
 
 
 @dataclass(eq=False)
@@ -69,7 +89,7 @@ class SetMask:
 
     def block_mask(self, device):
         """FlexAttention's block mask of this rule (cached per device)."""
-        from torch.nn.attention.flex_attention import create_block_mask
+        from torch.nn.attention.flex_attention import create_block_mask  # here: its import costs ~0.3 s (torch.fx)
 
         key = str(device)
         if key not in self._blocks:
@@ -87,9 +107,10 @@ class SetMask:
 def attend(q, k, v, mask: SetMask | torch.Tensor | None = None, dropout_p: float = 0.0):
     """Scaled dot-product attention ``q [B, H, L, hd]``, ``k, v [B, H, S, hd]`` -> ``[B, H, L, hd]``.
 
-    ``mask``: a ``SetMask`` (the kernel is picked from its structure and the module's ``kernel``), a
+    ``mask``: a ``SetMask`` (the kernel is picked from its structure and ``current_kernel()``), a
     boolean tensor ``[L, S]`` (used as it is) or None (everything visible).
     """
+    kernel = _kernel.get()
     if isinstance(mask, SetMask):
         if kernel == "dense":
             mask = mask.dense().to(q.device)
@@ -120,7 +141,7 @@ def _few_queries(q, k, v):
 
 def _flex_attention(q, k, v, block_mask):
     global _flex
-    from torch.nn.attention.flex_attention import flex_attention
+    from torch.nn.attention.flex_attention import flex_attention  # here: its import costs ~0.3 s (torch.fx)
 
     if not q.is_cuda:  # the tests' CPU check: the eager reference implementation
         return flex_attention(q, k, v, block_mask=block_mask)

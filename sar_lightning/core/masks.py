@@ -10,6 +10,8 @@ from collections.abc import Sequence
 
 import torch
 
+from sar_lightning.core.attention import SetMask
+
 DECODER_MODES = ("block_causal", "own_set", "full")
 
 
@@ -81,8 +83,6 @@ def build_masks(intervals: Sequence[int], mode: str = "block_causal", device=Non
 def set_masks(intervals: Sequence[int], mode: str = "block_causal", device=None):
     """The three masks of ``build_masks`` as ``SetMask`` rules, so attention can pick a kernel that needs
     no mask tensor (``attention.attend``); ``.dense()`` of each equals ``build_masks``'s."""
-    from sar_lightning.core.attention import SetMask
-
     if mode not in DECODER_MODES:
         raise ValueError(f"unknown decoder attention mode {mode!r}; valid modes: {', '.join(DECODER_MODES)}")
     e, s = encoder_set_ids(intervals, device), set_ids(intervals, device)

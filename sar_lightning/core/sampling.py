@@ -20,7 +20,8 @@ from sar_lightning.core.intervals import make_intervals, validate_intervals
 from sar_lightning.core.orders import make_order
 from sar_lightning.core.rng import seeded_uniform
 
-CFG_SCHEDULES = ("constant", "linear")
+CFG_SCHEDULES = ("constant", "linear")  # guidance weight over the steps (cfg_weight)
+ATTN_MODES = ("causal", "full")  # attention at inference: set by set (cacheable), or MAR's two-set view
 _COMPILED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> its compiled cached step
 
 
@@ -79,9 +80,15 @@ def _prefill_order(order, known):
     return order.gather(1, torch.argsort(unknown_in_order, dim=1, stable=True)), int(counts[0])
 
 
+def inference_attn(decoder_attn: str, asked: str | None = None) -> str:
+    """The attention at inference (one of ``ATTN_MODES``) of a model trained with ``decoder_attn``: ``full``
+    after full decoder self-attention (such a model cannot sample set by set), else ``asked`` (default causal)."""
+    return "full" if decoder_attn == "full" else asked or "causal"
+
+
 def default_attn(model) -> str:
-    """``full`` for models trained with full decoder self-attention (they cannot sample set by set)."""
-    return "full" if model.decoder_attn == "full" else "causal"
+    """``model``'s attention at inference when none is asked for (``inference_attn``)."""
+    return inference_attn(model.decoder_attn)
 
 
 def check_request(model, labels, order, intervals, *, cfg_schedule="constant", prefill=None, attn=None,
@@ -122,26 +129,37 @@ def _uniforms(cells, seeds, generator, device):
     return torch.rand(cells.shape, generator=generator, device=where, dtype=torch.float64).to(device)
 
 
+class _SetLogits:
+    """The logits of each set of one sampling run: from the KV cache (one ``model.step`` per set) or recomputed
+    with ``logits_through``. Under guidance every row runs twice, conditional then unconditional: ``[2B, n, V]``."""
+
+    def __init__(self, model, labels, order, sizes, attn: str, guided: bool, kv_cache: bool, compile: bool):
+        self.model, self.order, self.sizes, self.attn = model, order, sizes, attn
+        self.dup = (lambda t: torch.cat([t, t])) if guided else (lambda t: t)  # conditional rows, then unconditional
+        self.labels = torch.cat([labels, torch.full_like(labels, model.null_class)]) if guided else labels
+        self.cached = kv_cache and attn == "causal"
+        dtype = next(model.parameters()).dtype
+        self.cache = model.new_cache(len(self.labels), sizes, dtype, labels.device) if self.cached else None
+        self.step = compiled_step(model) if compile and self.cached else model.step
+        self.order2 = self.dup(order)
+
+    def __call__(self, k: int, start: int, end: int, tokens):
+        """Logits of set ``k`` (positions ``start:end`` of the order) given the sampled ``tokens [B, N]``."""
+        if self.cached:
+            prev = self.order[:, start - self.sizes[k - 1] : start] if k else None
+            prev_tok = self.dup(tokens.gather(1, prev)) if k else None
+            cells = self.dup(self.order[:, start:end])
+            return self.step(self.cache, self.labels, prev_tok, self.dup(prev) if k else None, cells)
+        n_tok = self.model.num_tokens
+        view = self.sizes[: k + 1] if self.attn == "causal" else ([start, n_tok - start] if start else [n_tok])
+        return self.model.logits_through(self.dup(tokens), self.labels, self.order2, view, len(view))[:, start:end]
+
+
 @torch.no_grad()
-def generate(
-    model,
-    labels,
-    *,
-    order,
-    intervals: Sequence[int],
-    cfg_scale: float = 1.0,
-    cfg_schedule: str = "constant",
-    temperature: float = 1.0,
-    top_k: int | None = None,
-    top_p: float | None = None,
-    generator: torch.Generator | None = None,
-    kv_cache: bool = True,
-    prefill=None,
-    seeds=None,
-    attn: str | None = None,
-    on_step=None,
-    compile: bool = False,
-):
+def generate(model, labels, *, order, intervals: Sequence[int], cfg_scale: float = 1.0, cfg_schedule: str = "constant",
+             temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None,
+             generator: torch.Generator | None = None, kv_cache: bool = True, prefill=None, seeds=None,
+             attn: str | None = None, on_step=None, compile: bool = False):
     """Sample ``LongTensor[B, N]`` (raster layout) for class ``labels [B]``.
 
     order: ``LongTensor[B, N]`` or an order name. intervals: set sizes, sum N (or N - known cells
@@ -159,33 +177,20 @@ def generate(
     order, sizes, n_prefill_sets, tokens, attn = check_request(
         model, labels, order, intervals, cfg_schedule=cfg_schedule, prefill=prefill, attn=attn,
         generator=generator, seeds=seeds)
-    n_tok, device = model.num_tokens, labels.device
     use_cfg = cfg_scale != 1.0
-    dup = (lambda t: torch.cat([t, t])) if use_cfg else (lambda t: t)  # conditional rows, then unconditional
-    cond_labels = torch.cat([labels, torch.full_like(labels, model.null_class)]) if use_cfg else labels
-    cached = kv_cache and attn == "causal"
-    cache = model.new_cache(len(cond_labels), sizes, next(model.parameters()).dtype, device) if cached else None
-    step = compiled_step(model) if compile and cached else model.step
-    filled, order2 = torch.zeros_like(tokens, dtype=torch.bool), dup(order)
-
-    end = 0
+    set_logits = _SetLogits(model, labels, order, sizes, attn, use_cfg, kv_cache, compile)
+    filled, end = torch.zeros_like(tokens, dtype=torch.bool), 0
     for k, size in enumerate(sizes):
         start, end = end, end + size
         cells = order[:, start:end]
-        if cached:
-            prev = order[:, start - sizes[k - 1] : start] if k else None
-            prev_tok = dup(tokens.gather(1, prev)) if k else None
-            logits = step(cache, cond_labels, prev_tok, dup(prev) if k else None, dup(cells))
-        else:
-            view = sizes[: k + 1] if attn == "causal" else ([start, n_tok - start] if start else [n_tok])
-            logits = model.logits_through(dup(tokens), cond_labels, order2, view, len(view))[:, start:end]
+        logits = set_logits(k, start, end, tokens)
         if k < n_prefill_sets:
             filled.scatter_(1, cells, True)
             continue  # known cells: computed only to fill the caches
         if use_cfg:
             cond, uncond = logits.float().chunk(2)
-            logits = uncond + cfg_weight(cfg_scale, cfg_schedule, end / n_tok) * (cond - uncond)
-        u = _uniforms(cells, seeds, generator, device)
+            logits = uncond + cfg_weight(cfg_scale, cfg_schedule, end / model.num_tokens) * (cond - uncond)
+        u = _uniforms(cells, seeds, generator, labels.device)
         tokens.scatter_(1, cells, sample_tokens(logits, u, temperature, top_k, top_p))
         if on_step is not None:
             on_step(tokens, filled.scatter_(1, cells, True).clone())

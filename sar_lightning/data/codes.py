@@ -1,6 +1,6 @@
 """Token data for training: image data sets through a tokenizer, or pre-tokenized ``codes`` folders.
 
-A ``codes`` folder (written by ``python -m sar_lightning.data.tokenize``) holds ``manifest.json`` and, per
+A ``codes`` folder (written by ``python -m sar_lightning tokenize``) holds ``manifest.json`` and, per
 split, ``<split>_codes.npy [num_images, N]`` and ``<split>_labels.npy [num_images]``. Small arrays
 are loaded into memory; large ones stay memory-mapped, so loading never blocks a GPU.
 """
@@ -8,21 +8,23 @@ are loaded into memory; large ones stay memory-mapped, so loading never blocks a
 from __future__ import annotations
 
 import json
+import shutil
+import tempfile
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset, TensorDataset
 
-from sar_lightning.data.tokenizers import PixelQuantizer
+from sar_lightning.data.datasets import DATASETS, dataset_info, load_images
+from sar_lightning.data.tokenizers import PixelQuantizer, load_llamagen_vq16, load_vqvae
 
 CODES_FORMAT = "sar-codes/1"
 IN_MEMORY_BYTES = 256 * 2**20  # arrays up to this size are read into RAM
+TOKENIZERS = ("pixel", "vq")  # data.tokenizer of an image data set (build_tokenizer)
 
 
 def known_data() -> list[str]:
-    from sar_lightning.data.datasets import DATASETS
-
     return [*sorted(DATASETS), "codes"]
 
 
@@ -30,22 +32,18 @@ def read_manifest(path: str | Path) -> dict:
     file = Path(path) / "manifest.json"
     if not file.exists():
         raise FileNotFoundError(f"{file} not found: data.path must be a codes folder written by "
-                                "`python -m sar_lightning.data.tokenize` (manifest.json + <split>_codes.npy)")
+                                "`python -m sar_lightning tokenize` (manifest.json + <split>_codes.npy)")
     manifest = json.loads(file.read_text())
     if manifest.get("format") != CODES_FORMAT:
         raise ValueError(f"{file}: format {manifest.get('format')!r} is not {CODES_FORMAT!r}")
     return manifest
 
 
-def build_tokenizer(cfg, info_only: bool = False):
-    """The tokenizer of an image data set (``cfg``: DataConfig)."""
-    from sar_lightning.data.datasets import dataset_info
-
+def build_tokenizer(cfg):
+    """The tokenizer of an image data set (``cfg``: DataConfig; ``cfg.tokenizer`` one of ``TOKENIZERS``)."""
     if cfg.tokenizer == "pixel":
         meta = dataset_info(cfg.name)
         return PixelQuantizer(cfg.levels, meta["height"], meta["width"], meta["channels"])
-    from sar_lightning.data.tokenizers.vqvae import load_vqvae
-
     return load_vqvae(cfg.tokenizer_path)
 
 
@@ -58,11 +56,7 @@ def tokenizer_from_manifest(manifest: dict):
     if path is None or not Path(path).exists():
         return None
     if kind == "llamagen_vq16":
-        from sar_lightning.data.tokenizers.llamagen import load_llamagen_vq16
-
         return load_llamagen_vq16(path)
-    from sar_lightning.data.tokenizers.vqvae import load_vqvae
-
     return load_vqvae(path)
 
 
@@ -73,8 +67,6 @@ def data_info(cfg) -> dict:
             raise ValueError("data.name=codes needs data.path (a codes folder)")
         m = read_manifest(cfg.path)
         return {k: m[k] for k in ("height", "width", "vocab_size", "num_classes")}
-    from sar_lightning.data.datasets import dataset_info
-
     meta = dataset_info(cfg.name)
     if cfg.tokenizer == "pixel":
         return {"height": meta["height"], "width": meta["width"], "vocab_size": cfg.levels,
@@ -123,8 +115,6 @@ def load_token_split(cfg, split: str) -> Dataset:
     """Token data set of one split (``train`` or ``val``) for a DataConfig."""
     if cfg.name == "codes":
         return load_codes_split(cfg.path, split)
-    from sar_lightning.data.datasets import load_images
-
     images, labels = load_images(cfg.name, split, seed=cfg.split_seed)
     return TensorDataset(encode_images(build_tokenizer(cfg), images), labels)
 
@@ -145,9 +135,6 @@ def write_codes(folder: str | Path, splits: dict, *, height: int, width: int, vo
     Written into a temporary sibling folder and renamed into place, so a crash never leaves a
     half-written data set under ``folder``.
     """
-    import shutil
-    import tempfile
-
     folder = Path(folder)
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}.tmp"))
@@ -174,8 +161,6 @@ def write_codes(folder: str | Path, splits: dict, *, height: int, width: int, vo
 def image_dataset(cfg) -> str | None:
     """The registered image data set behind ``cfg`` (DataConfig; a codes folder records its source in
     the manifest's ``dataset``), or None for other images (an ImageNet folder)."""
-    from sar_lightning.data.datasets import DATASETS
-
     name = read_manifest(cfg.path).get("dataset") if cfg.name == "codes" else cfg.name
     return name if name in DATASETS else None
 

@@ -95,8 +95,8 @@ DIGITS_COUNT = 1797
 def _digits_split(seed: int) -> dict[str, np.ndarray]:
     """scikit-learn's 8x8 digits (shipped with the package: always offline), split 80/20 stratified by
     class, a function of ``seed`` only: ``{split}_images`` (uint8 0..16, ``[M, 8, 8]``), ``{split}_labels``."""
-    from sklearn.datasets import load_digits
-    from sklearn.model_selection import train_test_split
+    from sklearn.datasets import load_digits  # here: scikit-learn takes ~0.5 s to import, for this data set only
+    from sklearn.model_selection import train_test_split  # (the same)
 
     data = load_digits()
     index = np.arange(len(data.target))
@@ -194,7 +194,7 @@ def _fashion_mnist(split, *, seed=0, root=None, download=False):
     else:
         if not download:
             raise _missing_fashion(dirs)
-        from torchvision.datasets import FashionMNIST
+        from torchvision.datasets import FashionMNIST  # here: torchvision takes ~1 s to import, for a download
 
         target = Path(root) if root is not None else Path.home() / ".cache" / "sar-lightning" / "datasets"
         FashionMNIST(str(target), train=split == "train", download=True)

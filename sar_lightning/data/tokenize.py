@@ -1,10 +1,10 @@
-"""Extract a codes data set: ``python -m sar_lightning.data.tokenize --data D --tokenizer T --out FOLDER``.
+"""Extract a codes data set: ``python -m sar_lightning tokenize data=D tokenizer=T out=FOLDER [key=value ...]``.
 
-``--data``: a registered data set (``digits``, ``fashion_mnist``) or an image folder in torchvision's
+``data``: a registered data set (``digits``, ``fashion_mnist``) or an image folder in torchvision's
 ``ImageFolder`` layout, either ``root/train/<class>/*`` + ``root/val/<class>/*`` or one split
-``root/<class>/*`` (a seeded ``--val-fraction`` of it is held out as ``val``). Folder images are
+``root/<class>/*`` (a seeded ``val_fraction`` of it is held out as ``val``). Folder images are
 resized and centre-cropped to the tokenizer's image size, in grayscale for a 1-channel tokenizer.
-``--tokenizer``: ``pixel`` (``--levels``), ``vqvae:<vqvae.pt>`` or ``llamagen:<vq_ds16_c2i.pt>``.
+``tokenizer``: ``pixel`` (``levels``), ``vqvae:<vqvae.pt>`` or ``llamagen:<vq_ds16_c2i.pt>``.
 
 Work goes to ``<out>.partial/`` as atomically written chunk files, so an interrupted extraction
 continues from its finished chunks when re-run; the final folder is written in one piece by
@@ -12,33 +12,34 @@ continues from its finished chunks when re-run; the final folder is written in o
 
 Examples::
 
-    python -m sar_lightning.data.tokenize --data digits --tokenizer pixel --out data/digits_pixel
-    python -m sar_lightning.data.tokenize --data fashion_mnist \\
-        --tokenizer vqvae:data/tokenizers/fashion_mnist_vq7/vqvae.pt --out data/fashion_mnist_vq7
-    python -m sar_lightning.data.tokenize --data /datasets/imagenet \\
-        --tokenizer llamagen:pretrained_models/vq_ds16_c2i.pt \\
-        --out data/imagenet_vq16 --flip --batch-size 128 --workers 8
+    python -m sar_lightning tokenize data=digits tokenizer=pixel out=data/digits_pixel
+    python -m sar_lightning tokenize data=fashion_mnist \\
+        tokenizer=vqvae:data/tokenizers/fashion_mnist_vq7/vqvae.pt out=data/fashion_mnist_vq7
+    python -m sar_lightning tokenize data=/datasets/imagenet \\
+        tokenizer=llamagen:pretrained_models/vq_ds16_c2i.pt \\
+        out=data/imagenet_vq16 flip=true batch_size=128 workers=8
 """
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import io
 import json
 import shutil
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
+from omegaconf import MISSING
 from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
+from torchvision import datasets, transforms
+from torchvision.transforms.functional import center_crop, resize
 from tqdm import tqdm
 
 from sar_lightning.data.codes import read_manifest, write_codes
 from sar_lightning.data.datasets import DATASETS, dataset_info, load_images
-from sar_lightning.data.tokenizers import PixelQuantizer
+from sar_lightning.data.tokenizers import PixelQuantizer, load_llamagen_vq16, load_vqvae
 from sar_lightning.files import atomic_write, atomic_write_text
 
 CHUNK_SIZE = 4096  # images per chunk file: the unit of resumption
@@ -68,19 +69,15 @@ def parse_tokenizer(spec: str, levels: int, image_size: tuple[int, int] | None):
     kind, _, path = spec.partition(":")
     if kind == "pixel":
         if image_size is None:
-            raise ValueError("the pixel tokenizer on an image folder needs --image-size")
+            raise ValueError("the pixel tokenizer on an image folder needs image_size=<pixels>")
         tok = PixelQuantizer(levels, *image_size)
         return tok, {"name": "pixel", "levels": levels, "channels": 1}, f"pixel ({levels} levels)"
     if kind not in ("vqvae", "llamagen") or not path:
-        raise ValueError(f"--tokenizer {spec!r}: use pixel, vqvae:<path> or llamagen:<path>")
+        raise ValueError(f"tokenizer={spec!r}: use pixel, vqvae:<path> or llamagen:<path>")
     path = Path(path).resolve()  # manifests are read from other working directories (sweeps, tests)
     if kind == "vqvae":
-        from sar_lightning.data.tokenizers import load_vqvae
-
         tok, name = load_vqvae(path), "vqvae"
     else:
-        from sar_lightning.data.tokenizers import load_llamagen_vq16
-
         tok, name = load_llamagen_vq16(path), "llamagen_vq16"
     if path.is_dir():  # load_vqvae accepts the folder holding vqvae.pt
         path = path / "vqvae.pt"
@@ -92,8 +89,6 @@ def _has_splits(root: Path) -> bool:
 
 
 def _folder_dataset(root: Path, split: str | None, channels: int, size: tuple[int, int]):
-    from torchvision import datasets, transforms
-
     steps = [transforms.Resize(max(size)), transforms.CenterCrop(size)]  # shorter side, then the centre
     steps += [transforms.Grayscale(1)] if channels == 1 else []
     transform = transforms.Compose([*steps, transforms.ToTensor()])  # -> [C, H, W] in [0, 1]
@@ -135,8 +130,6 @@ def fit_images(images: torch.Tensor, channels: int, size: tuple[int, int]) -> to
     elif images.shape[1] == 3 and channels == 1:
         images = (images * torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)).sum(1, keepdim=True)
     if tuple(images.shape[-2:]) != size:
-        from torchvision.transforms.functional import center_crop, resize
-
         images = center_crop(resize(images, max(size), antialias=True), list(size)).clamp(0, 1)
     return images.contiguous()
 
@@ -171,43 +164,33 @@ def _prepare_partial(partial: Path, job: dict) -> None:
         atomic_write_text(job_file, json.dumps(job, indent=1))
 
 
-def tokenize(data: str, tokenizer: str, out: str | Path, *, image_size: int | None = None, flip: bool = False,
-             batch_size: int = 256, levels: int = 17, limit: int | None = None, chunk_size: int = CHUNK_SIZE,
-             val_fraction: float = 0.1, workers: int = 0, device: str | None = None, overwrite: bool = False,
-             progress: bool = True) -> Path:
-    """Encode ``data`` with ``tokenizer`` into the codes folder ``out`` (see the module docstring)."""
-    out = Path(out)
-    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    native = DATASETS.get(data)
-    if not native and not Path(data).is_dir():
-        raise FileNotFoundError(f"--data {data!r} is neither a registered data set ({sorted(DATASETS)}) "
-                                "nor an image folder")
-    size = (image_size, image_size) if image_size else (native.height, native.width) if native else None
-    tok, tok_entry, tok_desc = parse_tokenizer(tokenizer, levels, size)
-    if size is not None and tuple(tok.image_size) != size:
-        raise ValueError(f"--image-size {size} does not match the tokenizer's image size {tuple(tok.image_size)}")
-    size = tuple(tok.image_size)
-    # The registered data set only when decoded images have its own shape: evaluation then compares
-    # samples with its real images through its classifier; otherwise it needs reference statistics.
-    dataset = data if native and (native.height, native.width) == size and native.channels == tok.channels else None
-    # Every choice that changes the codes is in `source`: a re-run matches it or does not.
+def _codes_source(data: str, native: bool, size: tuple[int, int], tok_desc: str, val_fraction: float, flip: bool,
+                  limit: int | None) -> str:
+    """The manifest's ``source``: every choice that changes the codes, so a re-run matches it or does not."""
     source = f"{data if native else Path(data).resolve()} at {size[0]}x{size[1]} via {tok_desc}"
     source += "" if native or _has_splits(Path(data)) else f", val = a seeded {val_fraction:g} of the images"
-    source += (" + horizontal flips of train" if flip else "") + (f", first {limit} per split" if limit else "")
-    if (out / "manifest.json").exists():
-        have = read_manifest(out)
-        if have.get("source") == source and have.get("tokenizer") == tok_entry:
-            print(f"[tokenize] {out} already holds these codes ({have['splits']}); skipping")
-            shutil.rmtree(out.with_name(out.name + ".partial"), ignore_errors=True)
-            return out
-        if not overwrite:
-            raise FileExistsError(f"{out} holds other codes (source {have.get('source')!r}); "
-                                  "pass --overwrite to replace them")
+    return source + (" + horizontal flips of train" if flip else "") + (f", first {limit} per split" if limit else "")
 
-    parts, num_classes = build_parts(data, tok, flip, limit, val_fraction)
-    partial = out.with_name(out.name + ".partial")
-    _prepare_partial(partial, {"source": source, "tokenizer": tok_entry, "chunk_size": chunk_size})
-    tok = tok.to(device).eval()
+
+def _holds_these_codes(out: Path, source: str, tok_entry: dict, overwrite: bool) -> bool:
+    """Whether ``out`` already holds these codes (then its leftover chunks go); other codes there raise
+    FileExistsError unless ``overwrite``."""
+    if not (out / "manifest.json").exists():
+        return False
+    have = read_manifest(out)
+    if have.get("source") == source and have.get("tokenizer") == tok_entry:
+        print(f"[tokenize] {out} already holds these codes ({have['splits']}); skipping")
+        shutil.rmtree(out.with_name(out.name + ".partial"), ignore_errors=True)
+        return True
+    if not overwrite:
+        raise FileExistsError(f"{out} holds other codes (source {have.get('source')!r}); "
+                              "pass overwrite=true to replace them")
+    return False
+
+
+def _encode_parts(tok, parts: list[Part], partial: Path, chunk_size: int, batch_size: int, workers: int, device,
+                  name: str, progress: bool) -> dict:
+    """Encode every chunk not yet in ``partial`` (one file each), then ``{split: (codes [M, N], labels [M])}``."""
     jobs = [(p, c, min(c + chunk_size, len(p.dataset))) for p in parts for c in range(0, len(p.dataset), chunk_size)]
 
     def file(p: Part, start: int) -> Path:
@@ -217,16 +200,45 @@ def tokenize(data: str, tokenizer: str, out: str | Path, *, image_size: int | No
     total = sum(len(p.dataset) for p in parts)
     if done:
         print(f"[tokenize] resuming from {partial}: {done} of {total} images already encoded")
-    with tqdm(total=total, initial=done, unit="img", desc=f"tokenize {out.name}", disable=not progress) as bar:
+    with tqdm(total=total, initial=done, unit="img", desc=f"tokenize {name}", disable=not progress) as bar:
         for p, start, stop in jobs:
             if not file(p, start).exists():
                 _save_chunk(file(p, start), *encode_chunk(tok, p, start, stop, batch_size, workers, device))
                 bar.update(stop - start)
-
     splits = {}
     for split in ("train", "val"):
         chunks = [np.load(file(p, start)) for p, start, _ in jobs if p.split == split]
         splits[split] = (np.concatenate([c["codes"] for c in chunks]), np.concatenate([c["labels"] for c in chunks]))
+    return splits
+
+
+def tokenize(data: str, tokenizer: str, out: str | Path, *, image_size: int | None = None, flip: bool = False,
+             batch_size: int = 256, levels: int = 17, limit: int | None = None, chunk_size: int = CHUNK_SIZE,
+             val_fraction: float = 0.1, workers: int = 0, device: str | None = None, overwrite: bool = False,
+             progress: bool = True) -> Path:
+    """Encode ``data`` with ``tokenizer`` into the codes folder ``out`` (see the module docstring)."""
+    out = Path(out)
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    native = DATASETS.get(data)
+    if not native and not Path(data).is_dir():
+        raise FileNotFoundError(f"data={data!r} is neither a registered data set ({sorted(DATASETS)}) "
+                                "nor an image folder")
+    size = (image_size, image_size) if image_size else (native.height, native.width) if native else None
+    tok, tok_entry, tok_desc = parse_tokenizer(tokenizer, levels, size)
+    if size is not None and tuple(tok.image_size) != size:
+        raise ValueError(f"image_size={size} does not match the tokenizer's image size {tuple(tok.image_size)}")
+    size = tuple(tok.image_size)
+    # The registered data set only when decoded images have its own shape: evaluation then compares
+    # samples with its real images through its classifier; otherwise it needs reference statistics.
+    dataset = data if native and (native.height, native.width) == size and native.channels == tok.channels else None
+    source = _codes_source(data, bool(native), size, tok_desc, val_fraction, flip, limit)
+    if _holds_these_codes(out, source, tok_entry, overwrite):
+        return out
+    parts, num_classes = build_parts(data, tok, flip, limit, val_fraction)
+    partial = out.with_name(out.name + ".partial")
+    _prepare_partial(partial, {"source": source, "tokenizer": tok_entry, "chunk_size": chunk_size})
+    tok = tok.to(device).eval()
+    splits = _encode_parts(tok, parts, partial, chunk_size, batch_size, workers, device, out.name, progress)
     write_codes(out, splits, height=tok.grid[0], width=tok.grid[1], vocab_size=tok.vocab_size,
                 num_classes=num_classes, tokenizer=tok_entry, source=source, dataset=dataset)
     shutil.rmtree(partial)
@@ -235,35 +247,32 @@ def tokenize(data: str, tokenizer: str, out: str | Path, *, image_size: int | No
     return out
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--data", required=True, help=f"{' | '.join(sorted(DATASETS))} | an image folder")
-    p.add_argument("--tokenizer", required=True, help="pixel | vqvae:<path> | llamagen:<path>")
-    p.add_argument("--out", required=True, help="the codes folder to write")
-    p.add_argument("--image-size", type=int, default=None, help="resize + centre crop to this size")
-    p.add_argument("--flip", action="store_true", help="add horizontally flipped copies of the train split")
-    p.add_argument("--batch-size", type=int, default=256)
-    p.add_argument("--levels", type=int, default=17, help="pixel tokenizer: intensity levels")
-    p.add_argument("--limit", type=int, default=None, help="only the first N images of each split")
-    p.add_argument("--chunk-size", type=int, default=CHUNK_SIZE, help="images per resumable chunk file")
-    p.add_argument("--val-fraction", type=float, default=0.1, help="held out as val from a one-split folder")
-    p.add_argument("--workers", type=int, default=0, help="image folder: data loader processes")
-    p.add_argument("--device", default=None, help="cpu | cuda (default: cuda when available)")
-    p.add_argument("--threads", type=int, default=0, help="torch.set_num_threads when > 0")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing folder holding other codes")
-    p.add_argument("--no-progress", action="store_true")
-    a = p.parse_args(argv)
+@dataclass
+class TokenizeArgs:
+    """``python -m sar_lightning tokenize`` keys."""
+
+    data: str = MISSING  # digits | fashion_mnist | an image folder
+    tokenizer: str = MISSING  # pixel | vqvae:<path> | llamagen:<path>
+    out: str = MISSING  # the codes folder to write
+    image_size: int | None = None  # resize + centre crop to this size
+    flip: bool = False  # add horizontally flipped copies of the train split
+    batch_size: int = 256
+    levels: int = 17  # pixel tokenizer: intensity levels
+    limit: int | None = None  # only the first N images of each split
+    chunk_size: int = CHUNK_SIZE  # images per resumable chunk file
+    val_fraction: float = 0.1  # held out as val from a one-split folder
+    workers: int = 0  # image folder: data loader processes
+    device: str | None = None  # cpu | cuda (default: cuda when available)
+    threads: int = 0  # torch.set_num_threads when > 0
+    overwrite: bool = False  # replace an existing folder holding other codes
+    no_progress: bool = False  # no progress bar
+
+
+def tokenize_command(a: TokenizeArgs) -> int:
+    """``tokenize`` with the command's keys."""
     if a.threads > 0:
         torch.set_num_threads(a.threads)
-    try:
-        tokenize(a.data, a.tokenizer, a.out, image_size=a.image_size, flip=a.flip, batch_size=a.batch_size,
-                 levels=a.levels, limit=a.limit, chunk_size=a.chunk_size, val_fraction=a.val_fraction,
-                 workers=a.workers, device=a.device, overwrite=a.overwrite, progress=not a.no_progress)
-    except (ValueError, FileNotFoundError, FileExistsError) as err:
-        print(f"tokenize error: {err}", file=sys.stderr)
-        return 2
+    tokenize(a.data, a.tokenizer, a.out, image_size=a.image_size, flip=a.flip, batch_size=a.batch_size,
+             levels=a.levels, limit=a.limit, chunk_size=a.chunk_size, val_fraction=a.val_fraction,
+             workers=a.workers, device=a.device, overwrite=a.overwrite, progress=not a.no_progress)
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

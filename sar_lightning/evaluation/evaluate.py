@@ -1,4 +1,4 @@
-"""Evaluate a run: ``python -m sar_lightning.evaluation.evaluate runs/<run_id> [key=value ...] [--and key=value ...]``.
+"""Evaluate a run: ``python -m sar_lightning evaluate runs/<run_id> [key=value ...] [--and key=value ...]``.
 
 For every inference setting of the grid (``infer.orders`` x ``infer.num_steps`` x ``infer.cfg_scale``
 x ``infer.kv_cache``) it samples ``infer.num_samples`` class-balanced images (image i has label
@@ -20,19 +20,23 @@ import dataclasses
 import itertools
 import statistics
 import subprocess
-import sys
 import time
 from contextlib import nullcontext
 from pathlib import Path
+from typing import Any
 
+import lightning as L
 import torch
+from lightning.fabric.utilities.rank_zero import _get_rank
+from torch.utils.tensorboard import SummaryWriter
 
-from sar_lightning.cli import run_cli
 from sar_lightning.config import Config, ConfigError, load_config, run_id
-from sar_lightning.core.sampling import Sampler, generate, inference_intervals
-from sar_lightning.data.codes import extractor_name, image_dataset, missing_decoder
+from sar_lightning.core.sampling import Sampler, generate, inference_attn, inference_intervals
+from sar_lightning.data.codes import data_info, decoder_for, extractor_name, image_dataset, missing_decoder
+from sar_lightning.data.datasets import load_images
+from sar_lightning.evaluation import features, metrics  # as modules: tests stand in for their functions
 from sar_lightning.models.registry import model_class
-from sar_lightning.runs import RunDir, fd_tag, setting_id
+from sar_lightning.runs import METRIC_COLUMNS, RunDir, fd_tag, result_row, setting_id
 from sar_lightning.training.checkpoints import load_model
 
 
@@ -88,7 +92,7 @@ def pass_seconds_per_image(times: list[tuple[float, int]]) -> float:
 def settings_grid(cfg: Config, num_tokens: int, ckpt_step: int, ema: bool, extractor: str) -> list[dict]:
     """Every inference setting the config asks for, as result-row keys (those the model refuses dropped)."""
     inf, model_cls = cfg.infer, model_class(cfg.model.name)
-    attn = "full" if cfg.model.decoder_attn == "full" else cfg.infer.attn
+    attn = inference_attn(cfg.model.decoder_attn, cfg.infer.attn)
     rows = []
     for order, k, w, kv in itertools.product(inf.orders or [cfg.train.order], inf.num_steps, inf.cfg_scale,
                                              inf.kv_cache):
@@ -107,8 +111,6 @@ def settings_grid(cfg: Config, num_tokens: int, ckpt_step: int, ema: bool, extra
 def pending_settings(run_dir: str | Path, overrides: list[str] | tuple = ()) -> int | None:
     """How many settings of this evaluation are missing from a finished run's results, without
     loading the model (None when that cannot be told: unfinished run or another checkpoint)."""
-    from sar_lightning.data.codes import data_info
-
     run = RunDir(run_dir)
     cfg = load_config(run.config, overrides)
     if run.status() != "done" or cfg.infer.ckpt != "last":
@@ -122,19 +124,17 @@ def pending_settings(run_dir: str | Path, overrides: list[str] | tuple = ()) -> 
 
 
 def get_extractor(cfg: Config):
-    from sar_lightning.evaluation.features import get_classifier_extractor, get_inception_extractor
-
+    """The data's feature extractor: its registered data set's classifier, else Inception."""
     name = image_dataset(cfg.data)
-    return get_classifier_extractor(name, seed=0) if name else get_inception_extractor(cfg.infer.inception_weights)
+    if name:
+        return features.get_classifier_extractor(name, seed=0)
+    return features.get_inception_extractor(cfg.infer.inception_weights)
 
 
 def reference_for(cfg: Config):
     """Real images of the reference split, or ADM-style ``(mu, sigma)`` when a stats file is set."""
-    from sar_lightning.data.datasets import load_images
-    from sar_lightning.evaluation.features import load_reference_stats
-
     if cfg.infer.reference_stats:
-        return load_reference_stats(cfg.infer.reference_stats), Path(cfg.infer.reference_stats).name
+        return features.load_reference_stats(cfg.infer.reference_stats), Path(cfg.infer.reference_stats).name
     name = image_dataset(cfg.data)
     if name is None:
         raise ConfigError("these codes come from no registered image data set: set infer.reference_stats "
@@ -156,93 +156,106 @@ def evaluate(run_dir: str | Path, overrides: list[str] | tuple = ()) -> list[dic
                           f"not what was trained (run id {run_id(cfg)} != {run.name})")
     if cfg.threads > 0:
         torch.set_num_threads(cfg.threads)
-    from lightning.fabric.utilities.rank_zero import _get_rank  # here: a sweep reading settings skips Lightning
-
     with run.lock("evaluated") if _get_rank() in (None, 0) else nullcontext():
         return _evaluate(run, cfg)
 
 
+@dataclasses.dataclass
+class _Evaluation:
+    """What the settings of one evaluation share: the run, its model and decoder, the feature extractor, and the
+    reference (``real``: features ``[M, D]`` or ``(mu, sigma)``; ``reference``: its name in the rows)."""
+
+    run: RunDir
+    cfg: Config
+    fabric: Any
+    model: Any
+    tokenizer: Any
+    extractor: Any
+    num_classes: int
+    real: Any = None
+    reference: str = ""
+
+
 def _evaluate(run: RunDir, cfg: Config) -> list[dict]:
-    import lightning as L
-
-    from sar_lightning.data.codes import decoder_for
-    from sar_lightning.evaluation.metrics import compute_metrics, reference_features
-
     fabric = L.Fabric(accelerator=cfg.trainer.accelerator, devices=cfg.trainer.devices,
                       strategy=cfg.trainer.strategy, num_nodes=cfg.trainer.num_nodes)
     fabric.launch()
     model, info, step, used_ema = load_model(run.path, cfg.infer.ckpt, cfg.infer.ema)
-    model = model.to(fabric.device)
-    tokenizer = decoder_for(cfg.data)
-    extractor = get_extractor(cfg).to(fabric.device)
+    ev = _Evaluation(run, cfg, fabric, model.to(fabric.device), decoder_for(cfg.data),
+                     get_extractor(cfg).to(fabric.device), info["num_classes"])
     done = {setting_id(r) for r in run.read_results()}
-    grid = settings_grid(cfg, model.num_tokens, step, used_ema, extractor.name)
+    grid = settings_grid(cfg, ev.model.num_tokens, step, used_ema, ev.extractor.name)
     todo = [s for s in grid if setting_id(s) not in done]
     if fabric.global_rank == 0:
         print(f"[evaluate] {run.name}: {len(todo)} setting(s) to evaluate, {len(done)} already in {run.results}")
     if not todo:
         return []
-    if tokenizer is None:  # a codes folder whose tokenizer weights are not on this machine
+    if ev.tokenizer is None:  # a codes folder whose tokenizer weights are not on this machine
         raise FileNotFoundError(f"cannot decode samples: {missing_decoder(cfg.data)}")
-    real, reference = reference_for(cfg)
-    real = reference_features(extractor, real, device=fabric.device)  # once, not per setting
-    written, world, rank = [], fabric.world_size, fabric.global_rank
-    per_rank = -(-cfg.infer.num_samples // world)  # ceil: pad so every rank gathers the same shape
-    for i, setting in enumerate(todo, 1):
-        if rank == 0:
-            run.write_progress("evaluating", i - 1, len(todo))
-        if world == 1:
-            run.adopt_threads()  # a sweep may have freed cores for this run
-        sampler = dataclasses.replace(Sampler.from_row(setting), compile=cfg.infer.compile)
-        index = torch.arange(rank * per_rank, (rank + 1) * per_rank).clamp_max(cfg.infer.num_samples - 1)
-        started, times = time.perf_counter(), []
-        images = sample_images(model, tokenizer, index, info["num_classes"], sampler, cfg.infer.batch_size,
-                               fabric.device, times)
-        sample_seconds = time.perf_counter() - started
-        gathered = fabric.all_gather(images.to(fabric.device))  # (world, per_rank, C, H, W) or per_rank...
-        if cfg.infer.timing_repeats:  # extra batches of timing_batch, after a warm-up
-            timed_batch = cfg.infer.timing_batch
-            sec = seconds_per_image(model, info["num_classes"], sampler, timed_batch, cfg.infer.timing_repeats,
-                                    fabric.device)
-        else:  # the pass just made, at infer.batch_size
-            timed_batch, sec = cfg.infer.batch_size, pass_seconds_per_image(times)
-        if rank != 0:
-            continue
-        images = gathered.reshape(-1, *images.shape[1:])[: cfg.infer.num_samples].cpu()
-        labels = torch.arange(len(images)) % info["num_classes"]
-        started = time.perf_counter()
-        m = compute_metrics(extractor, images, real, labels, device=fabric.device, seed=setting["seed"],
-                            bootstrap=cfg.infer.bootstrap)
-        metric_seconds = time.perf_counter() - started
-        row = dict(run_id=run.name, data=cfg.data.name, model=cfg.model.name, params=model.num_params(),
-                   train_order=cfg.train.order, train_schedule=cfg.train.schedule,
-                   train_num_steps=cfg.train.num_steps, train_num_steps_range=cfg.train.num_steps_range,
-                   train_seed=cfg.train.seed, **setting, fd=m["fd"], fd_lo=m.get("fd_lo"), fd_hi=m.get("fd_hi"),
-                   fd_std=m.get("fd_std"), kid=m.get("kid"), kid_std=m.get("kid_std"),
-                   precision=m.get("precision"), recall=m.get("recall"), class_acc=m.get("class_acc"),
-                   sec_per_image=sec, batch_size=timed_batch, device=str(fabric.device), world_size=world,
-                   reference_name=reference, git_sha=git_sha(),
-                   sample_seconds=sample_seconds, metric_seconds=metric_seconds,
-                   bootstrap_seconds=m.get("bootstrap_seconds"), bootstrap=cfg.infer.bootstrap,
-                   compiled=cfg.infer.compile)
-        row["num_samples"] = len(images)
-        run.append_result(row)  # row by row: an interruption keeps finished settings
-        written.append(row)
-        print(f"[evaluate] {i}/{len(todo)} {setting['infer_order']} K={setting['num_steps']:>3} "
-              f"cfg_scale={setting['cfg_scale']} kv_cache={setting['kv_cache']}: "
-              f"fd_{extractor.name}={m['fd']:.3f}" + (f" [{m['fd_lo']:.3f}, {m['fd_hi']:.3f}]" if m.get("fd_lo")
-                                                      is not None else "") + f" sec/img={sec:.5f}")
-    if rank == 0:
+    real, ev.reference = reference_for(cfg)
+    ev.real = metrics.reference_features(ev.extractor, real, device=fabric.device)  # once, not per setting
+    written = [row for i, setting in enumerate(todo, 1) if (row := _evaluate_setting(ev, setting, i, len(todo)))]
+    if fabric.global_rank == 0:
         log_to_tensorboard(run, cfg, written)
     return written
+
+
+def _evaluate_setting(ev: _Evaluation, setting: dict, i: int, total: int) -> dict | None:
+    """Sample setting ``i`` of ``total`` on every rank (each its share of the images); on rank 0 measure the
+    gathered images, append the result row to the run's results and return it (None on other ranks)."""
+    inf, fabric, world, rank = ev.cfg.infer, ev.fabric, ev.fabric.world_size, ev.fabric.global_rank
+    if rank == 0:
+        ev.run.write_progress("evaluating", i - 1, total)
+    if world == 1:
+        ev.run.adopt_threads()  # a sweep may have freed cores for this run
+    sampler = dataclasses.replace(Sampler.from_row(setting), compile=inf.compile)
+    per_rank = -(-inf.num_samples // world)  # ceil: pad so every rank gathers the same shape
+    index = torch.arange(rank * per_rank, (rank + 1) * per_rank).clamp_max(inf.num_samples - 1)
+    started, times = time.perf_counter(), []
+    images = sample_images(ev.model, ev.tokenizer, index, ev.num_classes, sampler, inf.batch_size, fabric.device,
+                           times)
+    sample_seconds = time.perf_counter() - started
+    gathered = fabric.all_gather(images.to(fabric.device))  # (world, per_rank, C, H, W) or per_rank...
+    timed_batch, sec = _timing(ev, sampler, times)
+    if rank != 0:
+        return None
+    images = gathered.reshape(-1, *images.shape[1:])[: inf.num_samples].cpu()
+    labels = torch.arange(len(images)) % ev.num_classes
+    started = time.perf_counter()
+    m = metrics.compute_metrics(ev.extractor, images, ev.real, labels, device=fabric.device, seed=setting["seed"],
+                                bootstrap=inf.bootstrap)
+    metric_seconds = time.perf_counter() - started
+    cfg = ev.cfg
+    row = result_row(run_id=ev.run.name, data=cfg.data.name, model=cfg.model.name, params=ev.model.num_params(),
+                     train_order=cfg.train.order, train_schedule=cfg.train.schedule,
+                     train_num_steps=cfg.train.num_steps, train_num_steps_range=cfg.train.num_steps_range,
+                     train_seed=cfg.train.seed, **{**setting, "num_samples": len(images)},
+                     **{k: m.get(k) for k in METRIC_COLUMNS}, sec_per_image=sec, batch_size=timed_batch,
+                     device=str(fabric.device), world_size=world, reference_name=ev.reference, git_sha=git_sha(),
+                     sample_seconds=sample_seconds, metric_seconds=metric_seconds,
+                     bootstrap_seconds=m.get("bootstrap_seconds"), bootstrap=inf.bootstrap, compiled=inf.compile)
+    ev.run.append_result(row)  # row by row: an interruption keeps finished settings
+    interval = f" [{row['fd_lo']:.3f}, {row['fd_hi']:.3f}]" if row["fd_lo"] is not None else ""
+    print(f"[evaluate] {i}/{total} {setting['infer_order']} K={setting['num_steps']:>3} "
+          f"cfg_scale={setting['cfg_scale']} kv_cache={setting['kv_cache']}: "
+          f"fd_{ev.extractor.name}={row['fd']:.3f}{interval} sec/img={sec:.5f}")
+    return row
+
+
+def _timing(ev: _Evaluation, sampler: Sampler, times: list[tuple[float, int]]) -> tuple[int, float]:
+    """``(batch size, seconds per image)`` of a setting: extra batches of ``infer.timing_batch`` after a warm-up,
+    or with ``infer.timing_repeats = 0`` the pass just made, at ``infer.batch_size``."""
+    inf = ev.cfg.infer
+    if inf.timing_repeats:
+        return inf.timing_batch, seconds_per_image(ev.model, ev.num_classes, sampler, inf.timing_batch,
+                                                   inf.timing_repeats, ev.fabric.device)
+    return inf.batch_size, pass_seconds_per_image(times)
 
 
 def log_to_tensorboard(run: RunDir, cfg: Config, rows: list[dict]) -> None:
     """Eval scalars into the run's TensorBoard folder at the checkpoint's step (HParams picks them up), and
     FD against the number of steps as a curve (``eval/fd_vs_steps/...``: a scalar whose step is K), so runs
     overlay in TensorBoard as in the FD-vs-steps figure."""
-    from torch.utils.tensorboard import SummaryWriter
-
     writer = SummaryWriter(str(run.tb))
     for r in sorted(rows, key=lambda r: r["num_steps"]):
         curve = f"eval/fd_vs_steps/{r['infer_order']}_{r['infer_schedule']}_cfg{r['cfg_scale']}_kv{int(r['kv_cache'])}"
@@ -255,25 +268,3 @@ def log_to_tensorboard(run: RunDir, cfg: Config, rows: list[dict]) -> None:
                           r["sec_per_image"], r["ckpt_step"])
     writer.close()
 
-
-def override_groups(args: list[str]) -> list[list[str]]:
-    """``a=1 --and b=2 c=3`` -> ``[["a=1"], ["b=2", "c=3"]]``: one override list per evaluation."""
-    groups = [[]]
-    for arg in args:
-        if arg == "--and":
-            groups.append([])
-        else:
-            groups[-1].append(arg)
-    return groups
-
-
-def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    if not argv or argv[0] in ("-h", "--help"):
-        print(__doc__)
-        return 0 if argv else 2
-    return run_cli("evaluate", lambda: [evaluate(argv[0], group) for group in override_groups(argv[1:])])
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -22,7 +22,9 @@ import lightning as L
 import numpy as np
 import torch
 import torch.nn.functional as F
+from filelock import FileLock
 from torch import nn
+from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
 
 from sar_lightning.data.datasets import dataset_info, load_images
 from sar_lightning.files import atomic_write, default_cache_root, safe_load
@@ -178,8 +180,6 @@ def get_classifier_extractor(dataset: str, seed: int = 0, cache_root=None) -> Cl
     A file lock beside the cache makes concurrent first calls (a sweep's parallel evaluations, parallel
     tests) train it once: the others wait, then load it.
     """
-    from filelock import FileLock
-
     weights, record_path = classifier_cache_paths(dataset, seed, cache_root)
     if not (weights.is_file() and record_path.is_file()):  # the record is written last: both = complete
         weights.parent.mkdir(parents=True, exist_ok=True)
@@ -228,8 +228,6 @@ def get_inception_extractor(weights_path: str | os.PathLike | None) -> Inception
             f"as {INCEPTION_WEIGHTS_URL}); nothing is downloaded here: put the file at that path, or set "
             f"the config key `{INCEPTION_CONFIG_KEY}` to where it is."
         )
-    from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
-
     net = FeatureExtractorInceptionV3(
         "inception-v3-compat", ["2048"], feature_extractor_weights_path=str(weights_path)
     )

@@ -20,7 +20,8 @@ from torch_fidelity.metric_prc import prc_features_to_metric
 from torchmetrics.image.fid import FrechetInceptionDistance
 from torchmetrics.image.kid import KernelInceptionDistance
 
-METRIC_KEYS = ("fd", "fd_lo", "fd_hi", "fd_std", "kid", "kid_std", "precision", "recall", "class_acc")
+from sar_lightning.runs.results import METRIC_COLUMNS as METRIC_KEYS  # the metrics a result row holds
+
 BOOTSTRAP_LEVEL = 0.95
 
 
@@ -167,62 +168,60 @@ def metrics_from_features(
     if fake_logits is not None and fake_labels is not None:
         hits = fake_logits.argmax(-1).cpu() == fake_labels.cpu().long()
         out["class_acc"] = hits.double().mean().item()
-
     if _is_reference(real):
-        # Standard FID against precomputed statistics (ADM's npz): torch-fidelity's routine, float64.
-        mu, sigma = (np.asarray(torch.as_tensor(t).double().cpu()) for t in real)
-        if len(fake) >= 2:
-            stats = fid_features_to_statistics(fake.cpu())
-            reference = {"mu": mu, "sigma": sigma}
-            out["fd"] = fid_statistics_to_metric(stats, reference, verbose=False)[KEY_METRIC_FID]
-            if bootstrap:
-                out.update(fd_bootstrap(fake, torch.from_numpy(mu), torch.from_numpy(sigma), out["fd"],
-                                        resamples=bootstrap, seed=seed))
+        out.update(_fd_against_statistics(fake, real, bootstrap, seed))
         return out
-
     real = real.to(fake.device).double()
-    n_fake, n_real = len(fake), len(real)
-    out["num_real"] = n_real
-    dim = fake.shape[1]
-    if n_fake >= 2 and n_real >= 2:
-        # sync_on_compute=False: the caller gathered every rank's images already; only one rank computes.
-        fid = FrechetInceptionDistance(feature=_PrecomputedFeatures(dim), normalize=True,
-                                       sync_on_compute=False).to(fake.device)
-        fid.update(real, real=True)
-        fid.update(fake, real=False)
-        out["fd"] = fid.compute().item()
-        if bootstrap:
-            out.update(fd_bootstrap(fake, real.mean(0), torch.cov(real.T), out["fd"], resamples=bootstrap,
-                                    seed=seed))
-
-        with warnings.catch_warnings(), torch.random.fork_rng(devices=[]):
-            warnings.filterwarnings("ignore", ".*will save all extracted features.*")
-            torch.manual_seed(seed)
-            kid = KernelInceptionDistance(
-                feature=_PrecomputedFeatures(dim),
-                subsets=kid_subsets,
-                subset_size=min(kid_subset_size, n_fake, n_real),
-                normalize=True,
-                sync_on_compute=False,
-            ).to(fake.device)
-            # float32: the same KID to ~6 digits, a third of float64's time (100 subsets of polynomial kernels)
-            kid.update(real.float(), real=True)
-            kid.update(fake.float(), real=False)
-            kid_mean, kid_std = kid.compute()
-        out["kid"], out["kid_std"] = kid_mean.item(), kid_std.item()
-
-    if min(n_fake, n_real) > prc_neighborhood:  # the k-NN radius needs k other samples
+    out["num_real"] = len(real)
+    if len(fake) >= 2 and len(real) >= 2:
+        out.update(_fd_and_kid(fake, real, kid_subsets, kid_subset_size, bootstrap, seed))
+    if min(len(fake), len(real)) > prc_neighborhood:  # the k-NN radius needs k other samples
         # torch-fidelity's convention: features_1 = generated, features_2 = real. save_cpu_ram computes
         # the distance matrix in row blocks instead of materialising [N, M] at once.
-        prc = prc_features_to_metric(
-            fake.float(),
-            real.float(),
-            prc_neighborhood=prc_neighborhood,
-            prc_batch_size=prc_batch_size,
-            save_cpu_ram=True,
-            verbose=False,
-        )
+        prc = prc_features_to_metric(fake.float(), real.float(), prc_neighborhood=prc_neighborhood,
+                                     prc_batch_size=prc_batch_size, save_cpu_ram=True, verbose=False)
         out["precision"], out["recall"] = prc["precision"], prc["recall"]
+    return out
+
+
+def _fd_against_statistics(fake: torch.Tensor, real: tuple, bootstrap: int, seed: int) -> dict:
+    """Standard FID of float64 features ``fake [N, D]`` against precomputed statistics ``(mu [D], sigma [D, D])``
+    (ADM's npz): torch-fidelity's routine, float64; with ``bootstrap``, its interval. {} below two samples."""
+    mu, sigma = (np.asarray(torch.as_tensor(t).double().cpu()) for t in real)
+    if len(fake) < 2:
+        return {}
+    stats = fid_features_to_statistics(fake.cpu())
+    out = {"fd": fid_statistics_to_metric(stats, {"mu": mu, "sigma": sigma}, verbose=False)[KEY_METRIC_FID]}
+    if bootstrap:
+        out.update(fd_bootstrap(fake, torch.from_numpy(mu), torch.from_numpy(sigma), out["fd"], resamples=bootstrap,
+                                seed=seed))
+    return out
+
+
+def _fd_and_kid(fake: torch.Tensor, real: torch.Tensor, kid_subsets: int, kid_subset_size: int, bootstrap: int,
+                seed: int) -> dict:
+    """FD (with its bootstrap interval when ``bootstrap``) and KID of float64 features ``fake [N, D]`` against
+    ``real [M, D]``, through torchmetrics fed the features."""
+    dim = fake.shape[1]
+    # sync_on_compute=False: the caller gathered every rank's images already; only one rank computes.
+    fid = FrechetInceptionDistance(feature=_PrecomputedFeatures(dim), normalize=True,
+                                   sync_on_compute=False).to(fake.device)
+    fid.update(real, real=True)
+    fid.update(fake, real=False)
+    out = {"fd": fid.compute().item()}
+    if bootstrap:
+        out.update(fd_bootstrap(fake, real.mean(0), torch.cov(real.T), out["fd"], resamples=bootstrap, seed=seed))
+    with warnings.catch_warnings(), torch.random.fork_rng(devices=[]):
+        warnings.filterwarnings("ignore", ".*will save all extracted features.*")
+        torch.manual_seed(seed)
+        kid = KernelInceptionDistance(feature=_PrecomputedFeatures(dim), subsets=kid_subsets,
+                                      subset_size=min(kid_subset_size, len(fake), len(real)), normalize=True,
+                                      sync_on_compute=False).to(fake.device)
+        # float32: the same KID to ~6 digits, a third of float64's time (100 subsets of polynomial kernels)
+        kid.update(real.float(), real=True)
+        kid.update(fake.float(), real=False)
+        kid_mean, kid_std = kid.compute()
+    out["kid"], out["kid_std"] = kid_mean.item(), kid_std.item()
     return out
 
 

@@ -1,61 +1,83 @@
-"""Sample a trained run into one PNG grid: ``python -m sar_lightning.evaluation.sample runs/<run_id> [options]``.
+"""Sample a trained run into one PNG grid: ``python -m sar_lightning sample runs/<run_id> [key=value ...]``.
 
-Plain sampling: one column per class, ``--per-class`` rows. ``--inpaint [REGION]`` keeps a region of
-real images of the run's reference split and generates the rest in the model's order: rows are the
-real image (its codes decoded), the masked input (unknown cells grey), then the completions.
-``--progress``: one row per class, the canvas after every step (unknown cells grey). Image i gets its
-own seed (``sampling.image_seeds``), so the same arguments give the same PNG, bit for bit.
+The sampler is one setting under the run config's ``infer.`` names (``infer.num_steps=4 infer.orders=raster
+infer.cfg_scale=2 infer.seed=1 infer.ckpt=last infer.ema=false``; keys left out: see ``SamplerKeys``), the
+grid is the ``sample.`` section (``SampleSection``). Plain sampling: one column per class, ``sample.per_class``
+rows. ``sample.inpaint=REGION`` keeps a region of real images of the run's reference split and generates the
+rest in the model's order: rows are the real image (its codes decoded), the masked input (unknown cells grey),
+then the completions. ``sample.progress=true``: one row per class, the canvas after every step (unknown cells
+grey). Image i gets its own seed (``sampling.image_seeds``), so the same keys give the same PNG, bit for bit.
 """
 
 from __future__ import annotations
 
-import argparse
-import sys
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch.utils.data import TensorDataset
 
-from sar_lightning.config import Config, ConfigError, load_config
+from sar_lightning.config import Config, load_config
 from sar_lightning.core.intervals import SCHEDULES
 from sar_lightning.core.orders import parse_order_name
-from sar_lightning.core.sampling import Sampler, generate, inference_intervals
+from sar_lightning.core.sampling import Sampler, generate, inference_attn, inference_intervals
 from sar_lightning.data.codes import decoder_for, load_token_split, missing_decoder
-from sar_lightning.files import FileError, atomic_write
 from sar_lightning.images import image_grid, save_png
 from sar_lightning.runs import RunDir
 from sar_lightning.training.checkpoints import load_model
 
 REGIONS = ("top", "bottom", "left", "right", "center")
 GREY = 0.5  # the value of cells not generated yet
+CFG_SCHEDULES = ("constant", "linear")  # as config.check_config accepts for infer.cfg_schedule
 
 
 class SampleError(ValueError):
     """A request that cannot run; the message names the problem and what to do."""
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message):  # one line on stderr (main), not usage + message
-        raise SampleError(f"{message} (see --help)")
+@dataclass
+class SamplerKeys:
+    """The sampler, under the run config's ``infer.`` names: one setting (a list key takes one value)."""
+
+    orders: list[str] = field(default_factory=list)  # the generation order (default: the run's training order)
+    schedule: str | None = None  # set sizes (default: the run's infer.schedule)
+    num_steps: list[int] = field(default_factory=list)  # K, the sampling steps (default: one token per step)
+    cfg_scale: list[float] = field(default_factory=lambda: [1.0])  # classifier-free guidance scale (1: none)
+    cfg_schedule: str | None = None  # constant | linear (default: the run's infer.cfg_schedule)
+    temperature: float | None = None  # default: the run's infer.temperature
+    top_k: int | None = None  # default: the run's infer.top_k
+    top_p: float | None = None  # default: the run's infer.top_p
+    seed: int = 0  # image i samples with its own seed drawn from this one
+    ckpt: str = "last"  # last, stepNNNNNN or a file name under checkpoints/
+    ema: bool = True  # the EMA weights (false: the raw ones)
 
 
-def parse_args(argv: list[str]) -> argparse.Namespace:
-    p = _Parser(prog="python -m sar_lightning.evaluation.sample", description=__doc__.splitlines()[0])
-    p.add_argument("run", help="a run folder, runs/<run_id>")
-    p.add_argument("--steps", type=int, help="K, the number of sampling steps (default: one token per step)")
-    p.add_argument("--order", help="generation order (default: the run's training order)")
-    p.add_argument("--schedule", choices=sorted(SCHEDULES), help="set sizes (default: the run's infer.schedule)")
-    p.add_argument("--cfg", type=float, default=1.0, help="classifier-free guidance scale")
-    p.add_argument("--classes", help="comma-separated class ids (default: 0..min(10, classes)-1)")
-    p.add_argument("--per-class", type=int, default=4, help="images (rows) per class")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--ckpt", default="last", help="last, stepNNNNNN or a file name under checkpoints/")
-    p.add_argument("--no-ema", action="store_true", help="the raw weights instead of the EMA ones")
-    p.add_argument("--out", type=Path, help="PNG path (default: <run>/samples/sample_<order>_K<k>...png)")
-    p.add_argument("--inpaint", nargs="?", const="top", choices=REGIONS, help="keep REGION of real images")
-    p.add_argument("--progress", action="store_true", help="the canvas after every step, one row per class")
-    return p.parse_args(argv)
+@dataclass
+class SampleSection:
+    """The grid."""
+
+    classes: list[int] | None = None  # class ids, one column each (default: 0..min(10, classes)-1)
+    per_class: int = 4  # images (rows) per class
+    out: str | None = None  # PNG path (default: <run>/samples/sample_<order>_K<k>...png)
+    inpaint: str | None = None  # keep this region of real images: top | bottom | left | right | center
+    progress: bool = False  # the canvas after every step, one row per class
+
+
+@dataclass
+class SampleArgs:
+    """``python -m sar_lightning sample RUN`` keys."""
+
+    infer: SamplerKeys = field(default_factory=SamplerKeys)
+    sample: SampleSection = field(default_factory=SampleSection)
+
+
+def one_value(key: str, values: list, default=None):
+    """The one value of the list key ``infer.<key>`` (``default`` when empty); ``SampleError`` for several."""
+    if len(values) > 1:
+        raise SampleError(f"infer.{key}={list(values)}: sample draws one setting; give one value, e.g. "
+                          f"infer.{key}={values[0]} (evaluate samples several)")
+    return values[0] if values else default
 
 
 def region_mask(region: str, height: int, width: int) -> torch.Tensor:
@@ -125,16 +147,14 @@ def progress_images(model, tokenizer, sampler: Sampler, labels, device, prefill=
     return images.view(*codes.shape[:2], *images.shape[1:]), filled
 
 
-def parse_classes(text: str | None, num_classes: int) -> list[int]:
-    if text is None:
+def parse_classes(classes: list[int] | None, num_classes: int) -> list[int]:
+    """``sample.classes`` checked against the model's classes (default: the first ten)."""
+    if classes is None:
         return list(range(min(10, num_classes)))
-    try:
-        classes = [int(c) for c in text.split(",") if c.strip()]
-    except ValueError:
-        classes = []
     if not classes or any(not 0 <= c < num_classes for c in classes):
-        raise SampleError(f"--classes {text!r}: give comma-separated class ids in 0..{num_classes - 1}, e.g. 0,3,7")
-    return classes
+        raise SampleError(f"sample.classes={list(classes)}: give class ids in 0..{num_classes - 1}, "
+                          "e.g. sample.classes=[0,3,7]")
+    return list(classes)
 
 
 def reference_codes(cfg: Config, classes: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -146,58 +166,66 @@ def reference_codes(cfg: Config, classes: list[int]) -> tuple[torch.Tensor, torc
     for c in classes:
         found = (labels == c).nonzero()
         if not len(found):
-            raise SampleError(f"class {c} has no image in the {cfg.infer.reference!r} split; pick other --classes")
+            raise SampleError(f"class {c} has no image in the {cfg.infer.reference!r} split; pick other sample.classes")
         picks.append(int(found[0]))
     return torch.stack([data[i][0] for i in picks]), torch.tensor(classes)
 
 
-def load_run(args) -> tuple:
+def load_run(path: str | Path, keys: SamplerKeys) -> tuple:
     """The run's config, model, tokenizer, checkpoint step and whether EMA weights were used."""
-    run = RunDir(args.run)
+    run = RunDir(path)
     if not run.config.exists():
         raise SampleError(f"no run folder at {run.path} (no config.yaml): pass runs/<run_id> of a trained run")
-    if not run.checkpoint(args.ckpt).exists():
+    if not run.checkpoint(keys.ckpt).exists():
         have = sorted(p.stem for p in run.checkpoints.glob("*.ckpt"))
-        raise SampleError(f"no checkpoint {run.checkpoint(args.ckpt)}; available: {have or 'none (train first)'}")
+        raise SampleError(f"no checkpoint {run.checkpoint(keys.ckpt)}; available: {have or 'none (train first)'}")
     cfg = load_config(run.config)
     if cfg.threads > 0:
         torch.set_num_threads(cfg.threads)
     tokenizer = decoder_for(cfg.data)
     if tokenizer is None:
         raise SampleError(f"cannot decode samples: {missing_decoder(cfg.data)}")
-    model, _, step, used_ema = load_model(run.path, args.ckpt, not args.no_ema)
+    model, _, step, used_ema = load_model(run.path, keys.ckpt, keys.ema)
     return run, cfg, model, tokenizer, step, used_ema
 
 
-def make_sampler(args, cfg: Config, model, known: torch.Tensor | None) -> Sampler:
-    """The sampler setting of the arguments, checked against the model (``SampleError`` otherwise)."""
-    order = args.order or cfg.train.order
+def make_sampler(keys: SamplerKeys, cfg: Config, model, known: torch.Tensor | None) -> Sampler:
+    """The sampler setting of the ``infer.`` keys (the run's config for those left out), checked against the
+    model (``SampleError`` otherwise)."""
+    order = one_value("orders", keys.orders, cfg.train.order)
     try:
         parse_order_name(order)
     except ValueError as err:
-        raise SampleError(f"--order: {err}") from None
+        raise SampleError(f"infer.orders: {err}") from None
     n_known = int(known.sum()) if known is not None else 0
     free = model.num_tokens - n_known
-    k = free if args.steps is None else args.steps
+    k = one_value("num_steps", keys.num_steps, free)
     if not 1 <= k <= free:
-        raise SampleError(f"--steps {k} must lie in 1..{free} (the {'unknown cells' if n_known else 'tokens'})")
+        raise SampleError(f"infer.num_steps={k} must lie in 1..{free} (the {'unknown cells' if n_known else 'tokens'})")
+    cfg_scale = one_value("cfg_scale", keys.cfg_scale, 1.0)
     inf = cfg.infer
-    attn = "full" if model.decoder_attn == "full" else inf.attn  # as evaluate samples
-    sampler = Sampler(order, args.schedule or inf.schedule, k, cfg_scale=args.cfg, cfg_schedule=inf.cfg_schedule,
-                      temperature=inf.temperature, top_k=inf.top_k, top_p=inf.top_p, attn=attn, seed=args.seed,
-                      compile=inf.compile)
+    schedule, cfg_schedule = keys.schedule or inf.schedule, keys.cfg_schedule or inf.cfg_schedule
+    for key, value, valid in [("schedule", schedule, sorted(SCHEDULES)), ("cfg_schedule", cfg_schedule, CFG_SCHEDULES)]:
+        if value not in valid:
+            raise SampleError(f"infer.{key}={value!r} is not valid; choose one of: {', '.join(valid)}")
+    temperature = inf.temperature if keys.temperature is None else keys.temperature
+    top_k = inf.top_k if keys.top_k is None else keys.top_k
+    top_p = inf.top_p if keys.top_p is None else keys.top_p
+    attn = inference_attn(model.decoder_attn, inf.attn)  # as evaluate samples
+    sampler = Sampler(order, schedule, k, cfg_scale=cfg_scale, cfg_schedule=cfg_schedule, temperature=temperature,
+                      top_k=top_k, top_p=top_p, attn=attn, seed=keys.seed, compile=inf.compile)
     try:
         sizes = inference_intervals(sampler.schedule, free, k)
     except ValueError as err:
-        raise SampleError(f"--schedule {sampler.schedule} at --steps {k}: {err}") from None
+        raise SampleError(f"infer.schedule={sampler.schedule} at infer.num_steps={k}: {err}") from None
     reason = model.refusal(order, [n_known, *sizes] if n_known else sizes, attn, model.decoder_attn)
     if reason:
         raise SampleError(f"this model refuses order={order} K={k}{' with inpainting' * bool(n_known)}: {reason}")
     return sampler
 
 
-def build_grid(args, cfg, model, tokenizer, sampler, known, classes, device) -> torch.Tensor:
-    """The grid image ``[C, H', W']`` the arguments ask for."""
+def build_grid(args: SampleSection, cfg, model, tokenizer, sampler, known, classes, device) -> torch.Tensor:
+    """The grid image ``[C, H', W']`` the ``sample.`` keys ask for."""
     if not args.inpaint:
         if args.progress:  # one row per class: its first image, step by step
             steps, _ = progress_images(model, tokenizer, sampler, torch.tensor(classes), device)
@@ -213,53 +241,27 @@ def build_grid(args, cfg, model, tokenizer, sampler, known, classes, device) -> 
     return image_grid(rows.flatten(0, 1), nrow=rows.shape[1])  # per class: real, masked, each step
 
 
-def sample(argv: list[str]) -> Path:
-    """Write the PNG the command line asks for; return its path."""
-    args = parse_args(argv)
+def sample(path: str | Path, keys: SampleArgs) -> Path:
+    """Write the PNG grid of the run folder ``path`` that ``keys`` ask for; return its path."""
+    args = keys.sample
     if args.per_class < 1:
-        raise SampleError(f"--per-class must be >= 1, got {args.per_class}")
-    run, cfg, model, tokenizer, step, used_ema = load_run(args)
+        raise SampleError(f"sample.per_class must be >= 1, got {args.per_class}")
+    if args.inpaint is not None and args.inpaint not in REGIONS:
+        raise SampleError(f"sample.inpaint={args.inpaint!r} is not a region; choose one of: {', '.join(REGIONS)}")
+    run, cfg, model, tokenizer, step, used_ema = load_run(path, keys.infer)
     classes = parse_classes(args.classes, model.config.num_classes)
     known = region_mask(args.inpaint, model.height, model.width) if args.inpaint else None
-    sampler = make_sampler(args, cfg, model, known)
+    sampler = make_sampler(keys.infer, cfg, model, known)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model, tokenizer = model.to(device), tokenizer.to(device)
     grid = build_grid(args, cfg, model, tokenizer, sampler, known, classes, device)
     tags = f"{'_inpaint' if args.inpaint else ''}{'_progress' if args.progress else ''}"
-    out = args.out or run.samples / f"sample_{sampler.order.replace(':', '')}_K{sampler.num_steps}{tags}.png"
+    name = f"sample_{sampler.order.replace(':', '')}_K{sampler.num_steps}{tags}.png"
+    out = Path(args.out) if args.out else run.samples / name
     save_png(grid, out)
     what = f"inpaint {args.inpaint}, " if args.inpaint else ""
     print(f"[sample] {run.name} step {step} ({'ema' if used_ema else 'raw'}): {what}order {sampler.order}, "
-          f"K={sampler.num_steps} ({sampler.schedule}), cfg {args.cfg}, classes {classes}, seed {args.seed}"
-          f"{', progress' if args.progress else f', {args.per_class} per class'}")
+          f"K={sampler.num_steps} ({sampler.schedule}), cfg {sampler.cfg_scale}, classes {classes}, "
+          f"seed {keys.infer.seed}{', progress' if args.progress else f', {args.per_class} per class'}")
     print(out)
     return out
-
-
-def stack_figures(paths: list[str | Path], labels: list[str], out: str | Path) -> Path:
-    """Stack PNGs vertically into one figure, each under a text label (README figures)."""
-    from PIL import Image, ImageDraw
-
-    images = [Image.open(p).convert("RGB") for p in paths]
-    band, width = 18, max(im.width for im in images)
-    figure = Image.new("RGB", (width, sum(im.height + band for im in images)), "white")
-    y = 0
-    for image, label in zip(images, labels):
-        ImageDraw.Draw(figure).text((4, y + 3), label, fill="black")
-        figure.paste(image, (0, y + band))
-        y += image.height + band
-    atomic_write(out, lambda tmp: figure.save(tmp, format="png"))
-    return Path(out)
-
-
-def main(argv: list[str] | None = None) -> int:
-    try:
-        sample(sys.argv[1:] if argv is None else argv)
-    except (SampleError, ConfigError, FileNotFoundError, FileError) as err:
-        print(f"sample error: {' '.join(str(err).split())}", file=sys.stderr)
-        return 2
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

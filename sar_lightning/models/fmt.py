@@ -51,13 +51,18 @@ class FullyMaskedTransformer(SARModel):
         sizes = list(intervals[:k])
         n_ctx, n_q = sum(sizes[:-1]), sum(sizes)
         # m_e [1 + n_ctx, 1 + n_ctx], m_ds [n_q, n_q], m_dc [n_q, 1 + n_ctx]: cls + sets < k as context
-        m_e, m_ds, m_dc = set_masks(sizes, self.decoder_attn, tokens.device)
-        ctx_cells = order[:, :n_ctx]
+        masks = set_masks(sizes, self.decoder_attn, tokens.device)
+        return self._encode_decode(tokens, labels, order[:, :n_ctx], order[:, :n_q], *masks)
+
+    def _encode_decode(self, tokens, labels, ctx_cells, query_cells, m_e, m_ds, m_dc):
+        """Logits ``[B, Q, V]`` of the queries of ``query_cells [B, Q]``: the encoder reads cls + the tokens of
+        ``ctx_cells [B, S]`` under ``m_e [1 + S, 1 + S]``, the decoder attends itself under ``m_ds [Q, Q]`` and
+        the encoder's output under ``m_dc [Q, 1 + S]`` (``SetMask`` rules or boolean tensors)."""
         x = torch.cat([self.class_tokens(labels), self.embed_tokens(tokens.gather(1, ctx_cells), ctx_cells)], 1)
         for blk in self.encoder:
-            x = blk(x, mask=m_e)  # (B, 1 + n_ctx, C)
+            x = blk(x, mask=m_e)  # (B, 1 + S, C)
         memory = self.enc_norm(x)
-        q = self.query + self.pos_emb[order[:, :n_q]]  # (B, n_q, C)
+        q = self.query + self.pos_emb[query_cells]  # (B, Q, C)
         for blk in self.decoder:
             q = blk(q, blk.cross_attn.keys_values(memory), self_mask=m_ds, cross_mask=m_dc)
         return self.head(self.norm(q))
@@ -69,13 +74,8 @@ class FullyMaskedTransformer(SARModel):
         e = torch.cat([s.new_zeros(1), s])  # (1 + N,) cls has set id 0
         m_e, m_dc = encoder_mask(e), decoder_cross_mask(s, e)  # the rules of masks.py, as tensors
         m_ds = decoder_self_mask(s, self.decoder_attn)
-        x = torch.cat([self.class_tokens(labels), self.embed_tokens(tokens.gather(1, order), order)], 1)
-        for blk in self.encoder:
-            x = blk(x, mask=m_e)  # (B, 1 + N, C)
-        memory, q = self.enc_norm(x), self.query + self.pos_emb[order]  # (B, N, C)
-        for blk in self.decoder:
-            q = blk(q, blk.cross_attn.keys_values(memory), self_mask=m_ds, cross_mask=m_dc)
-        logits, targets = self.head(self.norm(q)), tokens.gather(1, order)
+        logits = self._encode_decode(tokens, labels, order, order, m_e, m_ds, m_dc)  # (B, N, V)
+        targets = tokens.gather(1, order)
         k = s.max()
         keep = (s == k) if self.decoder_attn == "full" else \
             (s >= 2) | (k < 2) if not self.config.first_set_loss else torch.ones_like(s, dtype=torch.bool)

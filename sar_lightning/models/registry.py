@@ -42,7 +42,11 @@ def build_model(name: str, **overrides) -> SARModel:
 
 def model_class(name_or_kind: str) -> type[SARModel]:
     """The class of a factory name (``small``, ``gpt-B``) or of a kind (``fmt``, ``gpt``)."""
-    return KINDS[MODELS[name_or_kind].get("kind", "fmt") if name_or_kind in MODELS else name_or_kind]
+    kind = MODELS[name_or_kind].get("kind", "fmt") if name_or_kind in MODELS else name_or_kind
+    if kind not in KINDS:
+        raise ValueError(f"unknown model {name_or_kind!r}; valid models: {', '.join(MODELS)} "
+                         f"(kinds: {', '.join(KINDS)})")
+    return KINDS[kind]
 
 
 def model_from_config(cfg: ModelConfig | dict) -> SARModel:

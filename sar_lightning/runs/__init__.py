@@ -26,17 +26,22 @@ from sar_lightning.runs.layout import (
     RunStopped,
 )
 from sar_lightning.runs.results import (
+    METRIC_COLUMNS,
     RENAMED_COLUMNS,
+    RESULT_COLUMNS,
+    RESULT_SCHEMA_VERSION,
     SETTING_KEYS,
     append_results,
     migrate_row,
     read_results,
+    result_row,
     results_text,
     setting_id,
 )
 from sar_lightning.runs.tags import fd_tag
 
-__all__ = ["CHECKPOINTS", "CONFIG", "DONE", "LAST", "LOG", "PROGRESS", "RENAMED_COLUMNS", "RESULTS", "RunBusy",
-           "RunDir", "RunStopped", "SAMPLES", "SETTING_KEYS", "SWEEPS", "TB", "THREADS", "append_results",
-           "fd_tag", "manifest_path", "merge_history", "migrate_row", "read_manifests", "read_results",
-           "results_text", "setting_id", "superseded", "sweep_history", "sweep_record"]
+__all__ = ["CHECKPOINTS", "CONFIG", "DONE", "LAST", "LOG", "METRIC_COLUMNS", "PROGRESS", "RENAMED_COLUMNS",
+           "RESULTS", "RESULT_COLUMNS", "RESULT_SCHEMA_VERSION", "RunBusy", "RunDir", "RunStopped", "SAMPLES",
+           "SETTING_KEYS", "SWEEPS", "TB", "THREADS", "append_results", "fd_tag", "manifest_path", "merge_history",
+           "migrate_row", "read_manifests", "read_results", "result_row", "results_text", "setting_id", "superseded",
+           "sweep_history", "sweep_record"]

@@ -1,5 +1,6 @@
-"""Result rows: what makes two rows one sampler setting, the columns renamed since rows were first written,
-and ``results.jsonl`` I/O (read with migration, append atomically under a lock)."""
+"""Result rows: their schema (the columns, what makes two rows one sampler setting, the columns renamed since
+rows were first written and the migration of old rows), and ``results.jsonl`` I/O (read with migration, append
+atomically under a lock)."""
 
 from __future__ import annotations
 
@@ -16,14 +17,37 @@ from sar_lightning.files import atomic_write_text
 SETTING_KEYS = ("ckpt_step", "ema", "infer_order", "infer_schedule", "num_steps", "cfg_scale", "cfg_schedule",
                 "temperature", "top_k", "top_p", "kv_cache", "attn", "num_samples", "reference", "extractor",
                 "seed")
+# The trained run a row belongs to.
+RUN_COLUMNS = ("run_id", "data", "model", "params", "train_order", "train_schedule", "train_num_steps",
+               "train_num_steps_range", "train_seed")
+# The metrics of the samples (None where a metric is not defined, e.g. KID against reference statistics).
+METRIC_COLUMNS = ("fd", "fd_lo", "fd_hi", "fd_std", "kid", "kid_std", "precision", "recall", "class_acc")
+# How the evaluation pass ran: timing, hardware, reference, code version.
+PASS_COLUMNS = ("sec_per_image", "batch_size", "device", "world_size", "reference_name", "git_sha", "sample_seconds",
+                "metric_seconds", "bootstrap_seconds", "bootstrap", "compiled")
+# Every column of a row evaluate writes, in this order.
+RESULT_COLUMNS = RUN_COLUMNS + SETTING_KEYS + METRIC_COLUMNS + PASS_COLUMNS
 # Result columns renamed since results were first written: old name -> new (read_results migrates).
 RENAMED_COLUMNS = {"cfg": "cfg_scale", "train_num_sets": "train_num_steps",
                    "train_num_sets_range": "train_num_steps_range"}
+# The schema's version: 1 before the renames above, 2 today. Rows carry no version: an old row is told by its
+# column names, and ``migrate_row`` brings it to this one. A rename adds to RENAMED_COLUMNS and bumps this.
+RESULT_SCHEMA_VERSION = 2
 
 
 def setting_id(row: dict) -> tuple:
     """The key of a result row's sampler setting (``SETTING_KEYS``)."""
     return tuple(row.get(k) for k in SETTING_KEYS)
+
+
+def result_row(**values) -> dict:
+    """A result row with every column of ``RESULT_COLUMNS``, in that order; a column missing from ``values`` or
+    one the schema does not know raises ValueError."""
+    missing = [c for c in RESULT_COLUMNS if c not in values]
+    unknown = sorted(set(values) - set(RESULT_COLUMNS))
+    if missing or unknown:
+        raise ValueError(f"result row: missing columns {missing}, unknown columns {unknown}")
+    return {c: values[c] for c in RESULT_COLUMNS}
 
 
 def migrate_row(row: dict) -> dict:

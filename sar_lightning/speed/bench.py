@@ -4,29 +4,30 @@ Times ``generate`` for the ``small`` FMT (random init, eval, float32, 8x8 grid, 
 with K = 4, 16, 64 uniform sets in a random order, with and without the KV cache, and one
 teacher-forced forward over the whole sequence (random-16 intervals): the floor, since a cached
 sampler passes each token through the encoder and each query through the decoder once. Seconds per
-image at a fixed batch, median of ``--repeats`` rounds after one warm-up call each; every round times each
+image at a fixed batch, median of ``repeats`` rounds after one warm-up call each; every round times each
 configuration once, in turn, so that ratios are fair on a machine whose speed drifts. Targets: cached K = 16
 within 2x of the forward; the cache at least 4x faster than recomputation at K = 64.
 
-With ``--train`` it measures training throughput instead (tokens per second of one AdamW step,
+With ``train=true`` it measures training throughput instead (tokens per second of one AdamW step,
 forward + backward, at the same batch) for FMT-small as raster-64-ar, random-16-random and
 random-2-mar, and for the GPT baseline of the same width and depth, with ratios to the GPT.
 
-The AR-end table (FMT-small at raster K = N against gpt-small, batch 32, 8x8 and 16x16) takes ``--width``
+The AR-end table (FMT-small at raster K = N against gpt-small, batch 32, 8x8 and 16x16) takes ``width``
 for both models (the issue's first measurement used width 256; ``small`` is 96 wide): the narrower the
 model, the more a cached step's time is per-operation overhead rather than arithmetic.
 
-    python -m sar_lightning.speed.bench [--batch 64] [--repeats 3] [--threads N] [--train] [--compile] [--width W]
+    python -m sar_lightning bench [batch=64] [repeats=3] [threads=N] [train=true] [compile=true] [width=W]
 """
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import time
+from dataclasses import dataclass
 from functools import partial
 
 import torch
+from torch.utils.flop_counter import FlopCounterMode
 
 from sar_lightning.core.intervals import make_intervals
 from sar_lightning.core.orders import make_order
@@ -79,8 +80,6 @@ def measure(batch: int = 64, repeats: int = 3) -> dict[str, float]:
 
 def flops(fn) -> int:
     """Floating-point operations ``fn()`` performs, counted by PyTorch's FlopCounterMode (matmuls, attention)."""
-    from torch.utils.flop_counter import FlopCounterMode
-
     with FlopCounterMode(display=False) as counter:
         fn()
     return counter.get_total_flops()
@@ -208,17 +207,21 @@ def report_training(t: dict[str, dict], batch: int, peak: float) -> str:
     return "\n".join(lines)
 
 
-def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--batch", type=int, default=64)
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
-    parser.add_argument("--train", action="store_true", help="measure training throughput instead")
-    parser.add_argument("--compile", action="store_true", help="also time the AR end with the compiled sampling "
-                        "step (torch.compile; a few minutes of compiling on a CPU)")
-    parser.add_argument("--width", type=int, default=None, help="width of both models in the AR-end table "
-                        "(default: small's 96; the issue's baseline used 256)")
-    args = parser.parse_args(argv)
+@dataclass
+class BenchArgs:
+    """``python -m sar_lightning bench`` keys."""
+
+    batch: int = 64
+    repeats: int = 3
+    threads: int | None = None  # torch CPU threads (default: torch's)
+    train: bool = False  # measure training throughput instead
+    # also time the AR end with the compiled sampling step (torch.compile; a few minutes of compiling on a CPU)
+    compile: bool = False
+    width: int | None = None  # width of both models in the AR-end table (default: small's 96; the issue's used 256)
+
+
+def bench_command(args: BenchArgs) -> None:
+    """Print the sampling tables, or with ``args.train`` the training one."""
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.train:
@@ -227,7 +230,3 @@ def main(argv=None) -> None:
         print(report(measure(args.batch, args.repeats), args.batch, args.repeats))
         print()
         print(report_ar_end(measure_ar_end(32, args.repeats, compile=args.compile, width=args.width), 32))
-
-
-if __name__ == "__main__":
-    main()

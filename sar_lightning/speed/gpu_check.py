@@ -1,9 +1,9 @@
 """GPU check: training throughput, cached vs uncached sampling, sampling speed and DDP, in a few minutes.
 
-    python -m sar_lightning.speed.gpu_check [--steps 30] [--batch 32] [--out runs/gpu_check.md] [--budget 270]
-                                      [--size B|L|XL] [--sample-bf16]
+    python -m sar_lightning gpu-check [steps=30] [batch=32] [out=runs/gpu_check.md] [budget=270]
+                                      [size=B|L|XL] [sample_bf16=true]
 
-Prints Markdown tables (and writes them to ``--out``) on random 16x16 codes (vocab 16384, 1000 classes):
+Prints Markdown tables (and writes them to ``out``) on random 16x16 codes (vocab 16384, 1000 classes):
 
 1. training tokens/s, bf16 autocast + AdamW, FMT-B (random-16-random and raster-256-ar, orders and intervals
    redrawn every step) and GPT-B (raster), per attention kernel (``dense`` mask vs ``auto``), eager and
@@ -13,14 +13,13 @@ Prints Markdown tables (and writes them to ``--out``) on random 16x16 codes (voc
 3. sampling seconds per image with the KV cache: FMT-B at K = 16, 64, 256 (uniform), GPT-B at K = 256;
 4. ten DDP steps of experiments/smoke.yaml on 2 GPUs (skipped with fewer).
 
-A cell that would start after ``--budget`` seconds reads "skipped (time budget)". The compiled training
+A cell that would start after ``budget`` seconds reads "skipped (time budget)". The compiled training
 cells, the slowest, run last and take what the budget leaves. Exit status 1 when a correctness check
 fails (cached != uncached tokens, the DDP run), else 0. Without CUDA it prints one line and exits 0.
 """
 
 from __future__ import annotations
 
-import argparse
 import gc
 import json
 import os
@@ -29,13 +28,15 @@ import subprocess
 import sys
 import tempfile
 import time
-from contextlib import contextmanager, nullcontext
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from torch._dynamo.utils import counters
 
-from sar_lightning.core import attention
+from sar_lightning.config import ConfigError
+from sar_lightning.core.attention import attention_kernel
 from sar_lightning.core.intervals import make_intervals
 from sar_lightning.core.orders import make_order
 from sar_lightning.core.sampling import Sampler, generate, image_seeds
@@ -105,16 +106,6 @@ def first_line(err: BaseException) -> str:
     return text.splitlines()[0][:160] if text else type(err).__name__
 
 
-@contextmanager
-def attention_kernel(name: str):
-    """Run with ``attention.kernel = name`` (restored afterwards)."""
-    old, attention.kernel = attention.kernel, name
-    try:
-        yield
-    finally:
-        attention.kernel = old
-
-
 def _build(plan: Plan, name: str, seed: int = 0):
     torch.manual_seed(seed)
     with torch.device(plan.device):
@@ -129,8 +120,6 @@ def markdown_table(header: list, rows: list[list]) -> str:
 # --- 1. training throughput ---
 
 def _graphs_compiled() -> int:
-    from torch._dynamo.utils import counters
-
     return counters["stats"]["unique_graphs"]
 
 
@@ -301,8 +290,7 @@ def ddp_check(plan: Plan) -> tuple[str, bool]:
     if plan.time_left() <= 0:
         return SKIPPED, True
     with tempfile.TemporaryDirectory() as root:
-        cmd = [sys.executable, "-m", "sar_lightning.training.train", "experiments/smoke.yaml", f"root={root}",
-               *DDP_ARGS]
+        cmd = [sys.executable, "-m", "sar_lightning", "train", "experiments/smoke.yaml", f"root={root}", *DDP_ARGS]
         start = time.perf_counter()
         proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                 start_new_session=True)  # its own group: a timeout ends both ranks
@@ -336,15 +324,25 @@ def run_checks(plan: Plan) -> tuple[str, bool]:
     return "\n\n".join(sections), agree_ok and ddp_ok
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=30, help="timed training steps per cell")
-    parser.add_argument("--batch", type=int, default=32, help="training and sampling batch")
-    parser.add_argument("--out", default="runs/gpu_check.md", help="the tables also go here")
-    parser.add_argument("--budget", type=float, default=270.0, help="seconds; later cells are skipped")
-    parser.add_argument("--size", default="B", choices=("B", "L", "XL"), help="FMT-<size> and GPT-<size>")
-    parser.add_argument("--sample-bf16", action="store_true", help="time sampling under bf16 autocast (default fp32)")
-    args = parser.parse_args(argv)
+SIZES = ("B", "L", "XL")
+
+
+@dataclass
+class GPUCheckArgs:
+    """``python -m sar_lightning gpu-check`` keys."""
+
+    steps: int = 30  # timed training steps per cell
+    batch: int = 32  # training and sampling batch
+    out: str = "runs/gpu_check.md"  # the tables also go here
+    budget: float = 270.0  # seconds; later cells are skipped
+    size: str = "B"  # FMT-<size> and GPT-<size>: B | L | XL
+    sample_bf16: bool = False  # time sampling under bf16 autocast (default fp32)
+
+
+def gpu_check_command(args: GPUCheckArgs) -> int:
+    """Run the checks and write the tables to ``args.out``: 1 when a correctness check failed, else 0."""
+    if args.size not in SIZES:
+        raise ConfigError(f"size={args.size!r} is not valid; choose one of: {', '.join(SIZES)}")
     if not torch.cuda.is_available():
         print(NO_CUDA)
         return 0
@@ -355,7 +353,3 @@ def main(argv: list[str] | None = None) -> int:
     atomic_write_text(args.out, text + "\n")
     print(f"\ngpu-check: wrote {args.out}{'' if ok else '; a correctness check FAILED'}")
     return 0 if ok else 1
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,6 +1,6 @@
 """The results archive: what the report needs of every evaluated run, kept where git keeps it.
 
-    python -m sar_lightning.sweeps.archive [--root runs] [--into docs/results/runs]
+    python -m sar_lightning archive [root=runs] [into=docs/results/runs]
 
 Run folders hold checkpoints (megabytes each) and are not committed, so a fresh clone has none of them.
 The archive copies the small files the results table is built from (``config.yaml``, ``done.json``,
@@ -22,9 +22,9 @@ Every file is replaced in one rename.
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 from sar_lightning.files import atomic_write_text
@@ -89,7 +89,7 @@ def archive(root: str | Path = "runs", into: str | Path = ARCHIVE) -> tuple[int,
     """Archive every run under ``root`` that has results, and its sweep manifests: (runs, rows, manifests)."""
     root, into = Path(root), Path(into)
     if not root.is_dir():
-        raise FileNotFoundError(f"no runs folder {root}: train and evaluate runs first, or pass --root")
+        raise FileNotFoundError(f"no runs folder {root}: train and evaluate runs first, or pass root=<runs folder>")
     n_runs = n_rows = n_manifests = 0
     replaced: set[str] = set()
     for results in sorted(root.glob(f"*/{RESULTS}")):
@@ -112,20 +112,16 @@ def archive(root: str | Path = "runs", into: str | Path = ARCHIVE) -> tuple[int,
     return n_runs, n_rows, n_manifests
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description="Copy every evaluated run's results and the sweep manifests into the "
-                                            "committed results archive (merged, never overwritten).")
-    p.add_argument("--root", default="runs", help="the run folders (default: runs)")
-    p.add_argument("--into", default=ARCHIVE, help=f"the archive (default: {ARCHIVE})")
-    args = p.parse_args(argv)
-    try:
-        runs, rows, manifests = archive(args.root, args.into)
-    except (FileNotFoundError, ValueError) as e:
-        print(f"archive error: {e}", file=sys.stderr)
-        return 2
+@dataclass
+class ArchiveArgs:
+    """``python -m sar_lightning archive`` keys."""
+
+    root: str = "runs"  # the run folders
+    into: str = ARCHIVE  # the archive
+
+
+def archive_command(args: ArchiveArgs) -> int:
+    """Archive ``args.root`` into ``args.into`` and say how much."""
+    runs, rows, manifests = archive(args.root, args.into)
     print(f"[archive] {runs} runs ({rows} result rows) and {manifests} sweep manifests from {args.root} -> {args.into}")
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

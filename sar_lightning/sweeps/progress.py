@@ -12,6 +12,10 @@ import sys
 import threading
 import time
 
+from rich.console import Console
+from rich.live import Live
+from rich.table import Table
+
 from sar_lightning.runs import RunDir
 
 LINE_EVERY = 60.0  # seconds between status lines when the output is not a terminal
@@ -71,8 +75,6 @@ class SweepProgress:
         return state
 
     def table(self):
-        from rich.table import Table
-
         table = Table(title=f"{self.title}  ({self.summary()})", title_justify="left")
         table.add_column("run")
         table.add_column("state")
@@ -85,9 +87,6 @@ class SweepProgress:
 
     def __enter__(self):
         if self.stream.isatty():
-            from rich.console import Console
-            from rich.live import Live
-
             self.live = Live(self.table(), console=Console(file=self.stream), refresh_per_second=2)
             self.live.__enter__()
         threading.Thread(target=self._refresh, daemon=True).start()

@@ -1,25 +1,26 @@
-"""Run a grid of runs: ``python -m sar_lightning.sweeps.sweep experiments/grids/<grid>.yaml [--profile P] [--jobs N]``.
+"""Run a grid of runs: ``python -m sar_lightning sweep experiments/grids/<grid>.yaml [sweep.profile=P] [sweep.jobs=N]``.
 
 A grid file names the question, the config files every run starts from, one entry per run (a label
 and ``key: value`` overrides) and the evaluations of every run (override sets for the evaluate
 command). Profiles (``experiments/grids/profiles.yaml``, then the grid's own ``profiles:``) scale it:
 ``smoke`` for tests, ``default`` for the embedded digits data, ``paper`` for ImageNet codes on GPUs.
-``--data NAME`` then merges the data overlay ``experiments/grids/data/NAME.yaml`` (the same layout,
+``sweep.data=NAME`` then merges the data overlay ``experiments/grids/data/NAME.yaml`` (the same layout,
 per profile ``train:``/``eval:``), which moves any grid onto another data set (``fashion_mnist``).
 The string ``N`` in a step-count list means the data's number of tokens.
 
-Training seeds (``--seeds 0,1,2``, else a profile's or the grid's ``seeds:``) replicate every run of the
+Training seeds (``sweep.seeds=[0,1,2]``, else a profile's or the grid's ``seeds:``) replicate every run of the
 grid: replica ``s`` trains with ``train.seed=s`` (part of the run id) and samples with ``infer.seed=s``,
 so each replica has its own training draws and its own samples. Replicas share their grid label.
-``--only raster,random`` runs just the grid's runs of those labels (the same run ids as in the whole grid).
-``--extra-evals`` adds the grid's ``extra_evals:`` blocks, settings too dear for the main job's time
+``sweep.only=[raster,random]`` runs just the grid's runs of those labels (the same run ids as in the whole grid).
+``sweep.extra_evals=true`` adds the grid's ``extra_evals:`` blocks, settings too dear for the main job's time
 (``make sweep-all`` passes it); a finished run then samples only those.
 
 Finished runs are skipped, interrupted ones resume from their last checkpoint, evaluation only
 samples the settings missing from each run's results. Jobs run as subprocesses or through submitit
-(``--launcher slurm`` on a cluster, ``submitit-local``). A job is two steps: training, then one
+(``sweep.launcher=slurm`` on a cluster, ``submitit-local``). A job is two steps: training, then one
 evaluation for all of the grid's evaluations; locally both run in one process (``train --then-evaluate``:
-the imports are paid once), elsewhere in two. Locally at most ``--jobs`` steps run at once
+the imports are paid once), elsewhere in two (``python -m sar_lightning train|evaluate ...``). Locally at most
+``sweep.jobs`` steps run at once
 (``Slots``): every run's training is started before any evaluation (the long tasks first, so the sweep
 ends with short ones), each training with a fixed share of the cores (``cores // jobs`` threads, so a
 run's weights never depend on the sweep's timing); an evaluation takes the cores the others leave
@@ -37,7 +38,6 @@ orphaned training races a re-run in the same folder.
 
 from __future__ import annotations
 
-import argparse
 import heapq
 import json
 import os
@@ -52,16 +52,17 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import submitit
 import yaml
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from sar_lightning.cli import run_cli
 from sar_lightning.config import ConfigError, load_config, run_id, to_yaml
 from sar_lightning.data.codes import data_info
 from sar_lightning.evaluation.evaluate import pending_settings
 from sar_lightning.files import atomic_write_text
 from sar_lightning.models.registry import MODELS, model_class
+from sar_lightning.options import AND, THEN_EVALUATE
 from sar_lightning.runs import SWEEPS, RunDir, manifest_path, merge_history, superseded, sweep_history, sweep_record
 from sar_lightning.sweeps.processes import CHILDREN, Children, SweepInterrupted, install_stop_handlers, restore_handlers
 from sar_lightning.sweeps.progress import SweepProgress
@@ -83,9 +84,9 @@ class GridSpec:
     defaults: list[str]
     runs: list[RunSpec]
     evals: list[dict[str, Any]] = field(default_factory=lambda: [{}])
-    extra_evals: list[dict[str, Any]] = field(default_factory=list)  # only with --extra-evals (make sweep-all)
+    extra_evals: list[dict[str, Any]] = field(default_factory=list)  # only with sweep.extra_evals (make sweep-all)
     profiles: dict[str, Any] = field(default_factory=dict)  # profile -> {train: {...}, eval: {...}, seeds}
-    seeds: list[int] | None = None  # training seeds; a profile's seeds or --seeds win
+    seeds: list[int] | None = None  # training seeds; a profile's seeds or sweep.seeds win
     slurm: dict[str, Any] = field(default_factory=dict)
 
 
@@ -105,7 +106,34 @@ class Job:
         self.name = self.name or self.label
 
 
-STEP_MODULES = {"train": "sar_lightning.training.train", "evaluate": "sar_lightning.evaluation.evaluate"}
+LAUNCHERS = ("local", "submitit-local", "slurm")
+
+
+@dataclass
+class SweepSection:
+    """How the grid is run (every other key=value is a config override of every run)."""
+
+    profile: str = "default"  # smoke | default | gpu | paper (experiments/grids/profiles.yaml)
+    jobs: int | None = None  # steps at once (default: the number of cores)
+    launcher: str = "local"  # local | submitit-local | slurm
+    data: str | None = None  # a data overlay of experiments/grids/data/ (e.g. fashion_mnist)
+    # training seeds, e.g. [0,1,2]: every run replicated per seed (default: the profile's or the grid's seeds:,
+    # else the configs' train.seed)
+    seeds: list[int] | None = None
+    only: list[str] = field(default_factory=list)  # run labels of the grid: run just those (e.g. [raster,random])
+    extra_evals: bool = False  # also sample the grid's extra_evals: blocks (make sweep-all sets it)
+
+
+@dataclass
+class SweepArgs:
+    """``python -m sar_lightning sweep GRID`` keys of the sweep itself."""
+
+    sweep: SweepSection = field(default_factory=SweepSection)
+
+
+def step_command(step: str) -> list[str]:
+    """The command line of a job's step (``train`` or ``evaluate``), before its positional argument."""
+    return [sys.executable, "-m", "sar_lightning", step]
 
 
 def available_cores() -> int:
@@ -155,7 +183,7 @@ def _profile(grid: GridSpec, profile: str, experiments: Path, data: str | None =
         overlay_file = experiments / "grids" / "data" / f"{data}.yaml"
         if not overlay_file.exists():
             valid = sorted(f.stem for f in overlay_file.parent.glob("*.yaml"))
-            raise ConfigError(f"no data overlay {overlay_file}; valid --data names: {', '.join(valid) or 'none'}")
+            raise ConfigError(f"no data overlay {overlay_file}; valid sweep.data names: {', '.join(valid) or 'none'}")
         overlay = OmegaConf.load(overlay_file)
     merged = OmegaConf.merge(shared.get(profile, {}), grid.profiles.get(profile, {}), overlay.get(profile, {}))
     tree = OmegaConf.to_container(merged)
@@ -191,7 +219,7 @@ def expand(grid_path: str | Path, profile: str = "default", root: str | None = N
         labels = [spec.label for spec in grid.runs]
         unknown = [label for label in only if label not in labels]
         if unknown:
-            raise ConfigError(f"--only: grid {grid.name} has no run labelled {', '.join(map(repr, unknown))}; "
+            raise ConfigError(f"sweep.only: grid {grid.name} has no run labelled {', '.join(map(repr, unknown))}; "
                               f"valid labels: {', '.join(labels)}")
         grid.runs = [spec for spec in grid.runs if spec.label in only]
     experiments = experiments_root(grid_path)
@@ -245,7 +273,7 @@ def _as_trained(run: RunDir, text: str) -> str:
         return text
     try:
         old = OmegaConf.load(run.config)
-    except (OSError, yaml.YAMLError, OmegaConfBaseException) as e:  # a torn config is replaced, as before
+    except (OSError, yaml.YAMLError, OmegaConfBaseException) as e:  # a torn config is replaced, never a reason to stop
         print(f"[sweep] warning: replacing unreadable {run.config}: {e}", file=sys.stderr)
         return text
     new = OmegaConf.create(text)
@@ -363,7 +391,7 @@ def _run_job(job: Job, run: RunDir, progress, children: Children, cores: CoreSha
     steps = [] if status == "done" else [("train", run.config, ["trainer.enable_progress_bar=false"])]
     evals = [e for e in job.evals if status != "done" or pending_settings(run.path, e) != 0]
     if evals:  # one process for all of them: "a=1 --and b=2"
-        steps.append(("evaluate", run.path, [arg for i, e in enumerate(evals) for arg in (["--and"] if i else []) + e]))
+        steps.append(("evaluate", run.path, [arg for i, e in enumerate(evals) for arg in ([AND] if i else []) + e]))
     with open(log, "a") as f:
         first = 0
         # A local sweep's run to train and evaluate: one process (a done.json without a checkpoint: two)
@@ -383,7 +411,7 @@ def _run_job(job: Job, run: RunDir, progress, children: Children, cores: CoreSha
             else:
                 try:
                     threads = job.threads if training or cores is None else cores.begin(run)
-                    cmd = [sys.executable, "-m", STEP_MODULES[module], str(target), f"threads={threads}", *args]
+                    cmd = [*step_command(module), str(target), f"threads={threads}", *args]
                     tell(job.label, "training" if training else "evaluating")
                     proc = _start(f, children, cmd, threads)
                     code = None if proc is None else children.wait(proc)
@@ -434,16 +462,13 @@ def _train_then_evaluate(job: Job, run: RunDir, f, tell, children: Children, cor
     Returns the job's state when it ends here (``done``, ``failed``, ``stopped``, ``cancelled``), or None
     when the process trained and exited without evaluating and settings are still to evaluate (a training
     on several devices does)."""
-    from sar_lightning.training.train import THEN_EVALUATE
-
     (_, config, train_args), (_, _, eval_args) = train, evaluate
     stopping = lambda: children.stopping  # noqa: E731
     if not slots.acquire((0, index), stopping):
         _log_interrupted(f, children, None, None)
         return "cancelled"
     try:
-        cmd = [sys.executable, "-m", "sar_lightning.training.train", str(config), f"threads={job.threads}", *train_args,
-               THEN_EVALUATE, *eval_args]
+        cmd = [*step_command("train"), str(config), f"threads={job.threads}", *train_args, THEN_EVALUATE, *eval_args]
         tell(job.label, "training")
         proc = _start(f, children, cmd, job.threads, stdin=subprocess.PIPE)
         while proc is not None and proc.poll() is None and not run.done.exists():
@@ -513,8 +538,6 @@ def launch(jobs: list[Job], n_parallel: int, launcher: str, folder: Path, slurm:
                 else:
                     results.append(future.result())
             return results
-    import submitit
-
     if launcher == "slurm":
         executor = submitit.AutoExecutor(folder=str(folder), cluster="slurm")
     elif launcher == "submitit-local":
@@ -580,6 +603,8 @@ def sweep(grid_path, profile="default", jobs=None, root=None, launcher="local", 
     """Run a grid (see the module doc); the results, one per run. With the local launcher, SIGINT and SIGTERM
     stop it cleanly (from the main thread): the manifest records the statuses so far and ``SweepInterrupted``
     is raised once the running jobs are stopped and its message printed on stderr."""
+    if launcher not in LAUNCHERS:
+        raise ConfigError(f"sweep.launcher={launcher!r} is not valid; choose one of: {', '.join(LAUNCHERS)}")
     jobs = jobs or available_cores()
     grid, todo = expand(grid_path, profile, root, jobs, extra, data, seeds, only, extra_evals)
     root_dir = Path(todo[0].run_dir).parent if todo else Path(root or "runs")
@@ -612,36 +637,3 @@ def sweep(grid_path, profile="default", jobs=None, root=None, launcher="local", 
         raise SweepInterrupted(children.signum, results)
     return results
 
-
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("grid", help="experiments/grids/<grid>.yaml")
-    p.add_argument("--profile", default="default", choices=PROFILES)
-    p.add_argument("--jobs", type=int, default=None, help="runs at once (default: the number of cores)")
-    p.add_argument("--root", default=None, help="run folder root (default: the config's, runs/)")
-    p.add_argument("--launcher", default="local", choices=("local", "submitit-local", "slurm"))
-    p.add_argument("--data", default=None, help="a data overlay of experiments/grids/data/ (e.g. fashion_mnist)")
-    p.add_argument("--seeds", default=None, help="training seeds, e.g. 0,1,2: every run replicated per seed "
-                   "(default: the profile's or the grid's seeds:, else the configs' train.seed)")
-    p.add_argument("--only", default=None, help="comma-separated run labels of the grid: run just those "
-                   "(e.g. --only raster,random)")
-    p.add_argument("--extra-evals", action="store_true", help="also sample the grid's extra_evals: blocks "
-                   "(settings too dear for the main job; make sweep-all passes this)")
-    p.add_argument("overrides", nargs="*", help="key=value applied to every run")
-    args = p.parse_intermixed_args(argv)  # options may follow the key=value overrides, and vice versa
-    results = []
-
-    def work():
-        results.extend(sweep(args.grid, args.profile, args.jobs, args.root, args.launcher, args.overrides, args.data,
-                             args.seeds, [x.strip() for x in args.only.split(",") if x.strip()] if args.only else None,
-                             args.extra_evals))
-
-    try:
-        code = run_cli("sweep", work)  # bad input: one line, exit 2
-    except SweepInterrupted as stop:  # already reported
-        return stop.exit_code
-    return code or (1 if any(r["status"] == "failed" for r in results) else 0)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

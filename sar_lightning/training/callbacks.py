@@ -8,6 +8,7 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import WeightAveraging
 from torch.optim.swa_utils import get_ema_multi_avg_fn
+from torch.utils.tensorboard.summary import hparams as hparams_summary
 
 from sar_lightning.core.sampling import Sampler
 from sar_lightning.images import image_grid, save_png
@@ -77,8 +78,6 @@ class HParamsDeclaration(L.Callback):
 
 
 def write_hparams(writer, hparams: dict, metric_keys: list[str]) -> None:
-    from torch.utils.tensorboard.summary import hparams as hparams_summary
-
     exp, ssi, sei = hparams_summary(hparams, {k: 0.0 for k in metric_keys})
     for summary in (exp, ssi, sei):
         writer.file_writer.add_summary(summary)

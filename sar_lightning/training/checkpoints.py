@@ -18,7 +18,7 @@ def load_model(run_dir: str | Path, ckpt: str = "last", ema: bool = True):
     path = run.checkpoint(ckpt)
     if not path.exists():
         raise FileNotFoundError(f"checkpoint {path} not found; train the run first "
-                                f"(python -m sar_lightning.training.train {run.config})")
+                                f"(python -m sar_lightning train {run.config})")
     state = run.check_checkpoint(path)
     if not {"hyper_parameters", "state_dict", "global_step"} <= set(state):
         raise FileError(f"{path} is not a checkpoint of this suite (no hyper_parameters / state_dict)")

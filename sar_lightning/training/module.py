@@ -7,8 +7,9 @@ from contextlib import contextmanager
 
 import lightning as L
 import torch
+from omegaconf import OmegaConf
 
-from sar_lightning.config import Config, migrate_tree
+from sar_lightning.config import MODEL_KNOBS, Config, migrate_tree
 from sar_lightning.core.intervals import SELF_SIZED, make_intervals
 from sar_lightning.core.orders import anneal_rate, make_order
 from sar_lightning.models.registry import build_model
@@ -54,14 +55,10 @@ class SARLightningModule(L.LightningModule):
     def __init__(self, config: dict, info: dict):
         super().__init__()
         self.save_hyperparameters()
-        from omegaconf import OmegaConf
-
         self.cfg: Config = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(Config), migrate_tree(config)))
         m = self.cfg.model
         self.model = build_model(m.name, vocab_size=info["vocab_size"], num_classes=info["num_classes"],
-                                 height=info["height"], width=info["width"], decoder_attn=m.decoder_attn,
-                                 first_set_loss=m.first_set_loss, class_dropout=m.class_dropout,
-                                 dropout=m.dropout)
+                                 height=info["height"], width=info["width"], **{k: getattr(m, k) for k in MODEL_KNOBS})
         self.height, self.width = info["height"], info["width"]
         # compiled: fixed-shape inputs, so a new draw of intervals never recompiles (tests/test_compile.py)
         self._loss = self.model.compiled_loss() if self.cfg.train.compile else self.model.loss
@@ -131,7 +128,7 @@ class SARLightningModule(L.LightningModule):
         params = [p for p in self.parameters() if p.requires_grad]
         groups = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": t.weight_decay},
                   {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
-        # fused: one kernel for all tensors (CPU and CUDA; the per-tensor loop was 2% of a 2-core CPU step).
+        # fused: one kernel for all tensors (CPU and CUDA; the per-tensor loop costs 2% of a 2-core CPU step).
         # Not under mixed precision, where Lightning's gradient clipping refuses an optimizer that unscales.
         fused = True if self.device.type in ("cpu", "cuda") and "mixed" not in str(t.precision) else None
         opt = torch.optim.AdamW(groups, lr=t.lr, betas=tuple(t.betas), fused=fused)

@@ -1,16 +1,13 @@
-"""Train one run: ``python -m sar_lightning.training.train experiments/<file>.yaml [key=value ...]``.
+"""Train one run: ``python -m sar_lightning train experiments/<file>.yaml [key=value ...]``.
 
 It trains into the run folder ``<root>/<run_id>`` (layout: ``sar_lightning.runs``). Running the same
 command again skips a finished run and resumes an interrupted one from ``last.ckpt``, appending to the
-same TensorBoard curves; training from the run's ``config.yaml`` reproduces it.
-
-``--then-evaluate <evaluate overrides>`` is a local sweep's: once trained, the process reads a thread count
-from stdin and evaluates the run in place (``sar_lightning.sweeps.sweep``); stdin closed without one, it exits.
+same TensorBoard curves; training from the run's ``config.yaml`` reproduces it. The command line
+(``sar_lightning.cli``) parses the arguments and chains a local sweep's evaluation after ``train_run``.
 """
 
 from __future__ import annotations
 
-import sys
 import time
 from contextlib import nullcontext
 from pathlib import Path
@@ -21,8 +18,7 @@ from lightning.fabric.utilities.rank_zero import _get_rank
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.loggers import TensorBoardLogger
 
-from sar_lightning.cli import run_cli
-from sar_lightning.config import Config, load_config, run_id, to_dict, to_yaml
+from sar_lightning.config import Config, run_id, to_dict, to_yaml
 from sar_lightning.data.codes import data_info, decoder_for, extractor_name, missing_decoder
 from sar_lightning.data.datamodule import SARDataModule
 from sar_lightning.files import atomic_write_text
@@ -44,16 +40,13 @@ def metric_keys(cfg: Config) -> list[str]:
     return keys + [fd_tag(extractor_name(cfg.data), k) for k in cfg.infer.num_steps]
 
 
-THEN_EVALUATE = "--then-evaluate"  # train ... --then-evaluate <evaluate overrides>: a local sweep's job
-
-
 def train(cfg: Config) -> Path:
     """Train (or resume, or skip) the run of ``cfg``; return its folder. The run's lock is held throughout
     (by rank 0 under DDP), so a second process on the same run stops with ``RunBusy``."""
-    return _train(cfg)[0]
+    return train_run(cfg)[0]
 
 
-def _train(cfg: Config) -> tuple[Path, int]:
+def train_run(cfg: Config) -> tuple[Path, int]:
     """``train``, and how many processes trained (1 for a run skipped as finished)."""
     if cfg.threads > 0:
         torch.set_num_threads(cfg.threads)
@@ -112,39 +105,3 @@ def _fit(cfg: Config, run: RunDir, info: dict, resume: bool) -> int:
         print(f"[train] {run.name}: finished at step {trainer.global_step}")
     return trainer.world_size
 
-
-def _evaluate_when_told(run_path: Path, args: list[str]) -> int:
-    """A local sweep's job, trained: wait for the thread count of its evaluation slot on stdin, then
-    evaluate the run in this process (torch, Lightning and torchmetrics are imported already). stdin
-    closed without one (the sweep stopped, or is gone): exit; the next sweep evaluates the run."""
-    print(f"[train] {run_path.name}: trained; evaluating once the sweep gives a slot", flush=True)
-    line = sys.stdin.readline().strip()
-    if not line:
-        print(f"[train] {run_path.name}: no slot given; the run is trained, not yet evaluated", flush=True)
-        return 0
-    from sar_lightning.evaluation.evaluate import main as evaluate
-
-    return evaluate([str(run_path), f"threads={int(line)}", *args])
-
-
-def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    if not argv or argv[0] in ("-h", "--help"):
-        print(__doc__)
-        return 0 if argv else 2
-    then_evaluate = None
-    if THEN_EVALUATE in argv:  # the rest are the evaluation's overrides
-        cut = argv.index(THEN_EVALUATE)
-        argv, then_evaluate = argv[:cut], argv[cut + 1 :]
-    trained = []
-    code = run_cli("train", lambda: trained.append(_train(load_config(argv[0], argv[1:]))))
-    if code or then_evaluate is None:
-        return code
-    run_path, world = trained[0]
-    if world > 1 or _get_rank() not in (None, 0):  # several processes trained: the sweep starts an evaluation
-        return 0
-    return _evaluate_when_told(run_path, then_evaluate)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

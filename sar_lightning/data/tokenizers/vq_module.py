@@ -12,7 +12,9 @@ from pathlib import Path
 import lightning as L
 import torch
 import torch.nn.functional as F
+from lightning.pytorch.loggers import TensorBoardLogger
 from torch.utils.data import DataLoader, TensorDataset
+from torchvision.utils import make_grid
 
 from sar_lightning.data.tokenizers.vqvae import (
     VQVAE,
@@ -70,9 +72,6 @@ class VQVAEModule(L.LightningModule):
                        "val/vq/perplexity": (-(p * p.clamp_min(1e-12).log()).sum()).exp()})
 
     def _log_grid(self, originals, recons):
-        from lightning.pytorch.loggers import TensorBoardLogger
-        from torchvision.utils import make_grid
-
         if not isinstance(self.logger, TensorBoardLogger):
             return
         grid = make_grid(torch.cat([originals, recons]).cpu(), nrow=originals.shape[0], pad_value=0.5)
@@ -116,8 +115,6 @@ def train_vqvae(
     ``val_recon_mse``, ``val_usage``, ``val_perplexity`` after training, ``val_recon_mse_init`` before
     it, ``train_window_usage`` (codes used over the last restart window) and ``steps``.
     """
-    from lightning.pytorch.loggers import TensorBoardLogger
-
     if max_steps < 1:
         raise ValueError(f"max_steps must be >= 1, got {max_steps}")
     out_dir = Path(out_dir)

@@ -12,6 +12,7 @@ forwards are re-initialised from the current batch's encoder outputs (dead-code 
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -268,8 +269,6 @@ def save_vqvae(model: VQVAE, path: str | Path) -> Path:
     """Write ``{"config", "state_dict"}`` to ``path`` (a .pt file) and the config as JSON beside it.
 
     Both are written atomically: an interrupted save never leaves a file that a re-run would skip on."""
-    import json
-
     path = Path(path)
     cfg = asdict(model.config)
     cfg["image_size"] = list(cfg["image_size"])
